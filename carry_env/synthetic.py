@@ -92,8 +92,8 @@ _REGIME_JUMP_P = np.array([0.0004, 0.0008, 0.003, 0.003, 0.04])
 _REGIME_JUMP_MU = np.array([0.0, 0.0, 0.0, -0.01, -0.04])
 _REGIME_JUMP_SD = np.array([0.015, 0.015, 0.025, 0.02, 0.035])
 # Basis: regime level (bp), stationary sd of the AR(1) deviation (bp).
-_REGIME_BASIS_MU = np.array([-3.6, 5.8, 19.0, -6.5, -24.0])
-_REGIME_BASIS_SD = np.array([1.2, 1.8, 7.0, 2.8, 9.0])
+_REGIME_BASIS_MU = np.array([-3.6, 6.6, 19.0, -6.5, -24.0])
+_REGIME_BASIS_SD = np.array([1.5, 1.8, 7.0, 2.8, 9.0])
 # Liquidity: log-depth offset and spread multiplier; sentiment level.
 _REGIME_DEPTH = np.array([0.0, 0.05, -0.25, -0.45, -1.4])
 _REGIME_SENTIMENT = np.array([0.0, 0.45, 0.85, -0.45, -0.9])
