@@ -288,17 +288,23 @@ def _grid(
     spot: pl.DataFrame, perp: pl.DataFrame, symbols: list[str], bar: timedelta
 ) -> pl.DataFrame:
     # The common grid: from the latest first bar to the earliest last bar over every symbol and leg.
-    spans = (
-        pl.concat([spot, perp])
-        .group_by("symbol")
-        .agg(pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"))
+    spans = pl.concat(
+        [
+            leg.group_by("symbol").agg(
+                pl.lit(name).alias("leg"),
+                pl.col("ts").min().alias("first"),
+                pl.col("ts").max().alias("last"),
+            )
+            for name, leg in (("spot", spot), ("perp", perp))
+        ]
     )
     start, end = spans["first"].max(), spans["last"].min()
     if start is None or end is None or start > end:  # type: ignore[operator]
         raise ValueError(
             "the symbols' spot and perp bars do not overlap in time: "
             + ", ".join(
-                f"{r['symbol']} {r['first']}..{r['last']}" for r in spans.iter_rows(named=True)
+                f"{r['symbol']} {r['leg']} {r['first']}..{r['last']}"
+                for r in spans.iter_rows(named=True)
             )
         )
     ts = pl.datetime_range(start, end, bar, eager=True, time_unit="us", time_zone="UTC").alias("ts")

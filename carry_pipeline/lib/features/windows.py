@@ -242,7 +242,7 @@ def _content_key(
     digest.update(json.dumps(asdict(cfg), sort_keys=True).encode())
     digest.update(json.dumps(features.columns).encode())
     digest.update(str(features.height).encode())
-    digest.update(features.hash_rows(seed=0, seed_1=1, seed_2=2, seed_3=3).to_numpy().tobytes())
+    digest.update(features.hash_rows(seed=0).to_numpy().tobytes())
     digest.update(stats.write_csv().encode())
     digest.update(folds.write_csv().encode())
     return digest.hexdigest()[:16]
