@@ -1,0 +1,1 @@
+"""Ingestion stage: raw exchange data into the DuckDB schema `raw`."""

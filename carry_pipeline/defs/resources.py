@@ -1,0 +1,27 @@
+"""Resources shared by every stage: DuckDB storage for polars frames, and a plain DuckDB connection.
+
+- `io_manager`: `CarryDuckDBIOManager`, the default IO manager; an asset's `key_prefix` is its
+  DuckDB
+  schema (`raw`, `features`, ...), its name the table. The file is `$CARRY_DUCKDB` or
+  `data/carry.duckdb`.
+- `duckdb`: `dagster_duckdb.DuckDBResource` on the same file, for SQL in checks and assets.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from carry_pipeline.lib.duckdb_io import CarryDuckDBIOManager, default_database
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    """The shared storage resources."""
+    database = default_database()
+    return dg.Definitions(
+        resources={
+            "io_manager": CarryDuckDBIOManager(database=database),
+            "duckdb": DuckDBResource(database=database),
+        }
+    )

@@ -1,0 +1,373 @@
+"""`CcxtExchange`: real exchanges through ccxt (binance spot + binanceusdm perps by default).
+
+Every request goes through `_call`, which retries ccxt `NetworkError` and its subclasses (rate
+limits `DDoSProtection`/`RateLimitExceeded`, `RequestTimeout`, `ExchangeNotAvailable` for 5xx,
+`OnMaintenance`) and corrupt bodies with exponential backoff, a bounded number of times, and turns
+any other `ExchangeError` (bad symbol, authentication, bad request) into `PermanentExchangeError` at
+once. ccxt silently parses an undecodable body as "no rows", which would end a pagination early and
+leave a gap; `_call` therefore checks that the last HTTP body was valid JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import ccxt
+import polars as pl
+
+from carry_pipeline.lib.exchanges.base import (
+    Market,
+    PermanentExchangeError,
+    TransientExchangeError,
+    add_interval_hours,
+    check_window,
+    floor_funding_time,
+    ms_to_ts,
+    reduce_order_book,
+    timeframe_delta,
+    utc_now,
+    with_ingested_at,
+)
+from carry_pipeline.lib.schemas import (
+    FUNDING_SCHEMA,
+    OHLCV_SCHEMA,
+    ORDER_BOOK_SCHEMA,
+    conform,
+    empty_frame,
+)
+
+# Looking back this far before a window finds the previous settlement, so `interval_hours` is known
+# for the window's first row (intervals are at most 8 h on the venues supported).
+_FUNDING_LOOKBACK = timedelta(hours=24)
+
+
+class CcxtExchange:
+    """Market data from ccxt exchanges.
+
+    Args:
+        spot_exchange: ccxt id serving spot data ("binance", "bybit", "okx").
+        perp_exchange: ccxt id serving linear perpetuals ("binanceusdm", "bybit", "okx").
+        api_url: if set, replaces scheme and host of every REST endpoint (keeping paths), for
+        proxies,
+            testnets and loopback stubs, e.g. "http://127.0.0.1:8080".
+        api_key: API key, if any (public data needs none). Pass it from `dg.EnvVar`.
+        secret: API secret, if any.
+        password: API passphrase (OKX), if any.
+        timeout_ms: per-request timeout.
+        max_retries: retries of one request after a transient failure (so at most max_retries + 1
+            attempts).
+        backoff_s: first retry delay; doubles on every further retry.
+        max_backoff_s: cap of one retry delay.
+        page_limit: rows requested per page (Binance serves at most 1000 spot klines per call).
+        order_book_limit: price levels requested per side.
+        sleep: the sleep function used between retries (tests pass a recorder).
+        clock: returns "now" (UTC).
+    """
+
+    def __init__(
+        self,
+        spot_exchange: str = "binance",
+        perp_exchange: str = "binanceusdm",
+        *,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        secret: str | None = None,
+        password: str | None = None,
+        timeout_ms: int = 10_000,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        page_limit: int = 1000,
+        order_book_limit: int = 500,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if max_retries < 0 or page_limit <= 0 or timeout_ms <= 0:
+            raise ValueError(
+                f"max_retries ({max_retries}) must be >= 0, page_limit ({page_limit}) and "
+                f"timeout_ms ({timeout_ms}) > 0"
+            )
+        self.ids: dict[Market, str] = {"spot": spot_exchange, "perp": perp_exchange}
+        self.api_url = api_url
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.page_limit = page_limit
+        self.order_book_limit = order_book_limit
+        self.sleep = sleep
+        self.clock = clock
+        self.requests = 0
+        self.retries = 0
+        creds = {"apiKey": api_key, "secret": secret, "password": password}
+        self._clients: dict[Market, ccxt.Exchange] = {}
+        for market, ex_id in self.ids.items():
+            same = [m for m, i in self.ids.items() if i == ex_id and m in self._clients]
+            if same:
+                self._clients[market] = self._clients[same[0]]
+                continue
+            if ex_id not in ccxt.exchanges:
+                raise PermanentExchangeError(
+                    f"{market}_exchange {ex_id!r} is not a ccxt exchange id (e.g. binance, "
+                    "binanceusdm, bybit, okx)"
+                )
+            config: dict[str, Any] = {"enableRateLimit": True, "timeout": timeout_ms}
+            config |= {k: v for k, v in creds.items() if v}
+            client = getattr(ccxt, ex_id)(config)
+            if api_url:
+                _override_urls(client, api_url)
+            self._clients[market] = client
+
+    def client(self, market: Market) -> ccxt.Exchange:
+        """The ccxt instance serving a market leg (tests inject markets with `set_markets`)."""
+        return self._clients[market]
+
+    def exchange_name(self, market: Market) -> str:
+        """The ccxt id serving this leg ("binance", "binanceusdm", ...)."""
+        return self.ids[market]
+
+    # ---------------------------------------------------------------------------------------------
+
+    def check_symbols(self, symbols: list[str]) -> None:
+        """Check symbols against each leg's markets (loading them once if not injected).
+
+        Spot symbols (`BTC/USDT`) are looked up on the spot exchange, perp symbols (`BTC/USDT:USDT`)
+        on the perp exchange.
+
+        Raises:
+            PermanentExchangeError: naming the unknown symbols and a few listed ones.
+        """
+        for market in ("spot", "perp"):
+            wanted = [s for s in symbols if (":" in s) == (market == "perp")]
+            if not wanted:
+                continue
+            client = self._clients[market]
+            if not client.markets:
+                self._call(client.load_markets, what=f"{client.id}.load_markets")
+            missing = [s for s in wanted if s not in client.markets]
+            if missing:
+                listed = sorted(client.markets)[:8]
+                raise PermanentExchangeError(
+                    f"{client.id} does not list {missing} ({len(client.markets)} markets, e.g. "
+                    f"{listed}); spot symbols look like 'BTC/USDT', perps like 'BTC/USDT:USDT'"
+                )
+
+    def fetch_ohlcv(
+        self, symbol: str, market: Market, timeframe: str, start: datetime, end: datetime
+    ) -> pl.DataFrame:
+        """Closed bars opening in `[start, end)`, paginated, in `OHLCV_SCHEMA`.
+
+        Bars still open at fetch time (the exchange's partial last candle) are dropped.
+        """
+        check_window(start, end)
+        self.check_symbols([symbol])
+        client = self._clients[market]
+        step_ms = int(timeframe_delta(timeframe).total_seconds() * 1000)
+        start_ms, end_ms = _ms(start), _ms(end)
+        rows: list[list[Any]] = []
+        since = start_ms
+        max_pages = math.ceil((end_ms - start_ms) / step_ms / self.page_limit) + 2
+        what = f"{client.id}.fetch_ohlcv({symbol}, {timeframe})"
+        for _ in range(max_pages):
+            page = self._call(
+                client.fetch_ohlcv, symbol, timeframe, since, self.page_limit, what=what
+            )
+            page = [_check_ohlcv_row(r, what) for r in page if r and since <= r[0] < end_ms]
+            if not page:
+                break
+            rows.extend(page)
+            since = int(page[-1][0]) + step_ms
+            if since >= end_ms:
+                break
+        else:
+            raise TransientExchangeError(
+                f"{what}: pagination did not reach {end.isoformat()} within {max_pages} pages "
+                f"(stopped at {ms_to_ts([since])[0]})"
+            )
+        now = self.clock()
+        frame = _ohlcv_frame(rows).unique("ts", keep="first").sort("ts")
+        frame = frame.filter(pl.col("ts") + timedelta(milliseconds=step_ms) <= now)
+        frame = frame.with_columns(
+            pl.lit(client.id).alias("exchange"), pl.lit(symbol).alias("symbol")
+        )
+        return conform(with_ingested_at(frame, now), OHLCV_SCHEMA, table=f"raw_{market}_ohlcv")
+
+    def fetch_funding(self, symbol: str, start: datetime, end: datetime) -> pl.DataFrame:
+        """Settlements in `[start, end)`, paginated, times floored to the second,
+        `FUNDING_SCHEMA`."""
+        check_window(start, end)
+        self.check_symbols([symbol])
+        client = self._clients["perp"]
+        what = f"{client.id}.fetch_funding_rate_history({symbol})"
+        since = _ms(start - _FUNDING_LOOKBACK)
+        end_ms = _ms(end)
+        records: list[dict[str, Any]] = []
+        # Settlements are at least an hour apart.
+        max_pages = math.ceil((end_ms - since) / 3_600_000 / self.page_limit) + 2
+        for _ in range(max_pages):
+            page = self._call(
+                client.fetch_funding_rate_history, symbol, since, self.page_limit, what=what
+            )
+            page = [r for r in page if r.get("timestamp") is not None and since <= r["timestamp"]]
+            page = [r for r in page if r["timestamp"] < end_ms]
+            if not page:
+                break
+            records.extend(page)
+            since = int(page[-1]["timestamp"]) + 1
+            if len(page) < self.page_limit:
+                break
+        else:
+            raise TransientExchangeError(f"{what}: pagination did not finish in {max_pages} pages")
+        now = self.clock()
+        frame = _funding_frame(records, what)
+        frame = add_interval_hours(frame.unique("funding_time", keep="first"))
+        frame = frame.filter(pl.col("funding_time") >= start).with_columns(
+            pl.lit(client.id).alias("exchange"), pl.lit(symbol).alias("symbol")
+        )
+        return conform(with_ingested_at(frame, now), FUNDING_SCHEMA, table="raw_funding_rates")
+
+    def fetch_order_book(
+        self, symbol: str, market: Market, start: datetime, end: datetime
+    ) -> pl.DataFrame:
+        """One live snapshot if now lies in `[start, end)`, else no rows (no book history exists).
+
+        Amounts are converted to base units with the market's contract size (OKX swaps quote
+        contracts: BTC-USDT-SWAP ctVal 0.01 BTC) before depth is summed.
+        """
+        check_window(start, end)
+        now = self.clock()
+        if not start <= now < end:
+            return empty_frame(ORDER_BOOK_SCHEMA)
+        self.check_symbols([symbol])
+        client = self._clients[market]
+        what = f"{client.id}.fetch_order_book({symbol})"
+        book = self._call(client.fetch_order_book, symbol, self.order_book_limit, what=what)
+        info = client.market(symbol)
+        size = float(info.get("contractSize") or 1.0) if info.get("contract") else 1.0
+        summary = reduce_order_book(
+            book.get("bids") or [], book.get("asks") or [], size, where=what
+        )
+        ts = ms_to_ts([book["timestamp"]])[0] if book.get("timestamp") else now
+        frame = pl.DataFrame(
+            {
+                "ts": [ts],
+                "exchange": [client.id],
+                "symbol": [symbol],
+                "market": [market],
+                **{k: [v] for k, v in vars(summary).items()},
+            }
+        )
+        return conform(with_ingested_at(frame, now), ORDER_BOOK_SCHEMA, table="raw_order_book")
+
+    # ---------------------------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., Any], *args: Any, what: str) -> Any:
+        # Bounded retries with exponential backoff on transient errors; permanent errors at once.
+        for attempt in range(self.max_retries + 1):
+            self.requests += 1
+            try:
+                result = fn(*args)
+                _check_body(fn, what)
+                return result
+            except (ccxt.NetworkError, _CorruptBody) as exc:
+                if attempt == self.max_retries:
+                    raise TransientExchangeError(
+                        f"{what}: gave up after {attempt + 1} attempts; last error "
+                        f"{type(exc).__name__}: {_short(exc)}"
+                    ) from exc
+                self.retries += 1
+                self.sleep(min(self.backoff_s * 2**attempt, self.max_backoff_s))
+            except ccxt.BaseError as exc:
+                raise PermanentExchangeError(
+                    f"{what}: {type(exc).__name__}: {_short(exc)} (not retried: the exchange "
+                    "rejected the request)"
+                ) from exc
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+class _CorruptBody(Exception):
+    """The exchange answered 200 with a body that is not valid JSON."""
+
+
+def _check_body(fn: Callable[..., Any], what: str) -> None:
+    client = getattr(fn, "__self__", None)
+    body = getattr(client, "last_http_response", None)
+    if not body:
+        return
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        raise _CorruptBody(f"{what}: undecodable body {body[:80]!r}") from exc
+
+
+def _override_urls(client: ccxt.Exchange, api_url: str) -> None:
+    # Replace scheme://host of every REST endpoint with api_url, keeping the path (/api/v3,
+    # /fapi/v1).
+    base = api_url.rstrip("/")
+    parsed = urlsplit(base)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise PermanentExchangeError(f"api_url {api_url!r} must look like 'https://host[:port]'")
+    hostname = getattr(client, "hostname", None) or "localhost"
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, str):
+            return base + urlsplit(node.replace("{hostname}", hostname)).path
+        if isinstance(node, dict):
+            return {k: rewrite(v) for k, v in node.items()}
+        return node
+
+    client.urls["api"] = rewrite(client.urls["api"])
+
+
+def _ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _check_ohlcv_row(row: list[Any], what: str) -> list[Any]:
+    if len(row) < 6 or any(v is None for v in row[:5]):
+        raise TransientExchangeError(f"{what}: malformed kline {row!r}")
+    return row
+
+
+def _ohlcv_frame(rows: list[list[Any]]) -> pl.DataFrame:
+    if not rows:
+        return pl.DataFrame(
+            schema={"ts": OHLCV_SCHEMA["ts"], **{c: pl.Float64() for c in _OHLCV_COLS}}
+        )
+    cols = list(zip(*[r[:6] for r in rows], strict=True))
+    frame = pl.DataFrame(
+        {"ts": ms_to_ts(list(cols[0]))}
+        | {c: pl.Series(cols[i + 1], dtype=pl.Float64) for i, c in enumerate(_OHLCV_COLS)}
+    )
+    return frame.with_columns(pl.col("volume").fill_null(0.0))
+
+
+_OHLCV_COLS = ("open", "high", "low", "close", "volume")
+
+
+def _funding_frame(records: list[dict[str, Any]], what: str) -> pl.DataFrame:
+    rates, marks = [], []
+    for r in records:
+        if r.get("fundingRate") is None:
+            raise TransientExchangeError(f"{what}: settlement without a rate: {r.get('info')!r}")
+        rates.append(float(r["fundingRate"]))
+        mark = (r.get("info") or {}).get("markPrice")
+        marks.append(float(mark) if mark not in (None, "") else None)
+    return pl.DataFrame(
+        {
+            "funding_time": ms_to_ts([int(r["timestamp"]) for r in records]),
+            "symbol": [""] * len(records),
+            "funding_rate": pl.Series(rates, dtype=pl.Float64),
+            "mark_price": pl.Series(marks, dtype=pl.Float64),
+        }
+    ).with_columns(floor_funding_time(pl.col("funding_time")))
