@@ -59,7 +59,7 @@ def combine_features(carry: pl.DataFrame, sentiment: pl.DataFrame | None) -> pl.
     """
     if sentiment is None:
         return carry
-    sent = sentiment.drop("sentiment").rename({"warmup": "_sent_warmup"})
+    sent = sentiment.drop("sentiment", strict=False).rename({"warmup": "_sent_warmup"})
     joined = carry.join(sent, on="ts", how="left", maintain_order="left")
     missing = joined.filter(pl.col("_sent_warmup").is_null())
     if missing.height:

@@ -59,6 +59,7 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "span_start": UTC_TS,
     "span_end": UTC_TS,
     "method": pl.String(),
+    "clip": pl.Float64(),
     "symbols": pl.String(),
     "features": pl.String(),
 }
@@ -198,6 +199,7 @@ def write_training_windows(
                         "span_start": lo,
                         "span_end": hi,
                         "method": cfg.method,
+                        "clip": cfg.clip,
                         "symbols": json.dumps(symbols),
                         "features": json.dumps(cols),
                     }
