@@ -1,0 +1,2 @@
+"""Datasets stage: walk-forward folds, normalisation statistics and training windows (schema
+`datasets`)."""

@@ -1,0 +1,2 @@
+"""Features stage: raw tables into aligned bars and point-in-time features (DuckDB schema
+`features`)."""
