@@ -162,9 +162,7 @@ def build_market_bars(
     perp_bars = _resample(perp, bar, "raw_perp_ohlcv")
     grid = _grid(spot_bars, perp_bars, symbols, bar)
 
-    frame = grid.join(
-        _prefixed(spot_bars, "spot"), on=["symbol", "ts"], how="left", maintain_order="left"
-    ).join(_prefixed(perp_bars, "perp"), on=["symbol", "ts"], how="left", maintain_order="left")
+    frame = _on_grid(grid, spot_bars, perp_bars)
     frame = _fill_gaps(frame, cfg.max_fill_bars, bar)
     frame = _attach_funding(frame, funding, bar)
     frame = _attach_book(frame, order_book, spot_of, cfg, bar)
@@ -311,6 +309,25 @@ def _grid(
     return (
         pl.DataFrame({"symbol": symbols}).join(pl.DataFrame(ts), how="cross").sort("symbol", "ts")
     )
+
+
+def _on_grid(grid: pl.DataFrame, spot: pl.DataFrame, perp: pl.DataFrame) -> pl.DataFrame:
+    # Both legs' bars on the grid (null where a bar is missing), in grid order. When a leg already
+    # holds exactly the grid's rows (no gaps, the usual case) it is stacked beside it without a join.
+    start, end = grid["ts"].min(), grid["ts"].max()
+    columns = [grid]
+    for name, leg in (("spot", spot), ("perp", perp)):
+        leg = leg.filter(pl.col("ts").is_between(start, end)).sort("symbol", "ts")
+        if leg.height == grid.height and leg["ts"].equals(grid["ts"]) and leg["symbol"].equals(
+            grid["symbol"]
+        ):
+            columns.append(_prefixed(leg, name).drop("symbol", "ts"))
+        else:
+            joined = grid.join(
+                _prefixed(leg, name), on=["symbol", "ts"], how="left", maintain_order="left"
+            )
+            columns.append(joined.drop("symbol", "ts"))
+    return pl.concat(columns, how="horizontal")
 
 
 def _prefixed(frame: pl.DataFrame, leg: str) -> pl.DataFrame:
