@@ -313,7 +313,7 @@ def _grid(
 
 def _on_grid(grid: pl.DataFrame, spot: pl.DataFrame, perp: pl.DataFrame) -> pl.DataFrame:
     # Both legs' bars on the grid (null where a bar is missing), in grid order. When a leg already
-    # holds exactly the grid's rows (no gaps, the usual case) it is stacked beside it without a join.
+    # holds exactly the grid's rows (no gaps, the usual case) it is stacked beside it, no join.
     start, end = grid["ts"].min(), grid["ts"].max()
     columns = [grid]
     for name, leg in (("spot", spot), ("perp", perp)):
