@@ -127,8 +127,8 @@ def _results(outcomes: list[CheckOutcome], name: str) -> Iterator[dg.AssetCheckR
     for o in _merge(outcomes):
         metadata: dict[str, dg.RawMetadataValue] = {"failed_rows": o.failed_rows}
         if not o.passed:
-            with pl.Config(tbl_rows=10, tbl_cols=-1, fmt_str_lengths=40):
-                metadata["failing_rows"] = dg.MetadataValue.md(f"```\n{o.examples}\n```")
+            rows = [{k: str(v) for k, v in r.items()} for r in o.examples.to_dicts()]
+            metadata["failing_rows"] = dg.MetadataValue.json(rows)
         yield dg.AssetCheckResult(
             asset_key=dg.AssetKey([SCHEMA, name]),
             check_name=o.name,

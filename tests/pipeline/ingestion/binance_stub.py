@@ -1,0 +1,164 @@
+"""A loopback HTTP server speaking Binance's public REST formats, with fault injection.
+
+Serves spot (`/api/v3/klines`, `/api/v3/depth`) and USD-M (`/fapi/v1/klines`,
+`/fapi/v1/fundingRate`, `/fapi/v1/depth`) from in-memory tables, honouring
+`startTime`/`endTime`/`limit` like Binance (ascending rows from `startTime`, at most `limit`).
+`faults[path]` is a queue of faults consumed one per request to that path: "429", "418", "500",
+"503", "timeout" (sleeps `delay_s` before answering), "malformed" (200 with a truncated JSON body).
+Unknown symbols answer 400 `{"code": -1121}` as Binance does. The server binds 127.0.0.1 on an
+ephemeral port and never touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+KLINE_PATHS = ("/api/v3/klines", "/fapi/v1/klines")
+DEPTH_PATHS = ("/api/v3/depth", "/fapi/v1/depth")
+FUNDING_PATH = "/fapi/v1/fundingRate"
+MAX_LIMIT = {"/api/v3/klines": 1000, "/fapi/v1/klines": 1500, FUNDING_PATH: 1000}
+
+
+class BinanceStub:
+    """In-memory Binance REST tables behind a loopback HTTP server."""
+
+    def __init__(self, delay_s: float = 0.6) -> None:
+        # (path, symbol id, interval) -> kline rows in Binance's 12-field string format.
+        self.klines: dict[tuple[str, str, str], list[list[Any]]] = {}
+        self.funding: dict[str, list[dict[str, Any]]] = {}
+        self.depth: dict[tuple[str, str], dict[str, Any]] = {}
+        self.faults: dict[str, deque[str]] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.delay_s = delay_s
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:54321."""
+        assert self._server is not None, "start() the stub first"
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def inject(self, path: str, *faults: str) -> None:
+        """Queue faults for the next requests to `path`."""
+        self.faults.setdefault(path, deque()).extend(faults)
+
+    def count(self, path: str) -> int:
+        """Requests received on `path`."""
+        return sum(1 for p, _ in self.requests if p == path)
+
+    def start(self) -> BinanceStub:
+        """Serve in a daemon thread."""
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                stub._handle(self)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+        return self
+
+    def stop(self) -> None:
+        """Shut the server down."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # ---------------------------------------------------------------------------------------------
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(h.path)
+        path = parts.path
+        params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        self.requests.append((path, params))
+        queue = self.faults.get(path)
+        fault = queue.popleft() if queue else None
+        if fault in ("429", "418"):
+            return _send(h, int(fault), {"code": -1003, "msg": "Too many requests; IP banned."})
+        if fault in ("500", "503"):
+            return _send_raw(h, int(fault), b"<html>upstream unavailable</html>")
+        if fault == "malformed":
+            return _send_raw(h, 200, b'[[1704067200000,"42000.1",')
+        if fault == "timeout":
+            time.sleep(self.delay_s)
+        status, body = self._route(path, params)
+        _send(h, status, body)
+
+    def _route(self, path: str, q: dict[str, str]) -> tuple[int, Any]:
+        symbol = q.get("symbol", "")
+        if path in KLINE_PATHS:
+            rows = self.klines.get((path, symbol, q.get("interval", "")))
+            if rows is None:
+                return _bad_symbol()
+            return 200, _window(rows, q, lambda r: int(r[0]), MAX_LIMIT[path], 500)
+        if path == FUNDING_PATH:
+            rows = self.funding.get(symbol)
+            if rows is None:
+                return _bad_symbol()
+            return 200, _window(rows, q, lambda r: int(r["fundingTime"]), 1000, 100)
+        if path in DEPTH_PATHS:
+            book = self.depth.get((path, symbol))
+            return (200, book) if book is not None else _bad_symbol()
+        return 404, {"code": -1, "msg": f"unknown path {path}"}
+
+
+def _window(
+    rows: list[Any], q: dict[str, str], key: Any, max_limit: int, default: int
+) -> list[Any]:
+    start = int(q.get("startTime", 0))
+    end = int(q["endTime"]) if "endTime" in q else None
+    limit = min(int(q.get("limit", default)), max_limit)
+    out = [r for r in rows if key(r) >= start and (end is None or key(r) <= end)]
+    return out[:limit]
+
+
+def _bad_symbol() -> tuple[int, Any]:
+    return 400, {"code": -1121, "msg": "Invalid symbol."}
+
+
+def _send(h: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+    _send_raw(h, status, json.dumps(body).encode())
+
+
+def _send_raw(h: BaseHTTPRequestHandler, status: int, data: bytes) -> None:
+    try:
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the client timed out and hung up first: that is the point of a "timeout" fault
+
+
+def kline_row(
+    open_ms: int, step_ms: int, o: float, h: float, lo: float, c: float, v: float
+) -> list:
+    """One kline in Binance's format (prices and volumes as decimal strings)."""
+    return [
+        open_ms,
+        f"{o:.2f}",
+        f"{h:.2f}",
+        f"{lo:.2f}",
+        f"{c:.2f}",
+        f"{v:.5f}",
+        open_ms + step_ms - 1,
+        f"{v * c:.4f}",
+        100,
+        f"{v / 2:.5f}",
+        f"{v * c / 2:.4f}",
+        "0",
+    ]
