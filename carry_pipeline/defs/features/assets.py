@@ -21,7 +21,7 @@ from carry_pipeline.defs.ingestion.resources import ExchangeResource
 from carry_pipeline.lib.features.bars import build_market_bars
 from carry_pipeline.lib.features.carry import build_carry_features
 from carry_pipeline.lib.features.sentiment import build_sentiment_windows, load_sentiment
-from carry_pipeline.lib.features.timeframes import parse_duration
+from carry_pipeline.lib.features.timeframes import parse_duration, share, ts_bounds
 from carry_pipeline.lib.schemas import SENTIMENT_SCHEMA
 
 SCHEMA = "features"
@@ -47,7 +47,10 @@ def failing_clearly() -> Iterator[None]:
 
 
 def _span(frame: pl.DataFrame) -> str:
-    return f"{frame['ts'].min()} .. {frame['ts'].max()}" if frame.height else "empty"
+    if frame.height == 0:
+        return "empty"
+    lo, hi = ts_bounds(frame["ts"], what="frame")
+    return f"{lo} .. {hi}"
 
 
 @dg.asset(
@@ -79,9 +82,9 @@ def market_bars(
             "symbols": ", ".join(sorted(bars["symbol"].unique().to_list())),
             "grid": _span(bars),
             "bar": cfg.bars.bar,
-            "stale_share": float(bars["stale"].mean() or 0.0),
-            "book_proxy_share": float(bars["book_proxy"].mean() or 0.0),
-            "settlements": bars["funding_rate"].is_not_null().sum(),
+            "stale_share": share(bars["stale"]),
+            "book_proxy_share": share(bars["book_proxy"]),
+            "settlements": int(bars["funding_rate"].is_not_null().sum()),
         },
     )
 
@@ -127,9 +130,11 @@ def sentiment_scores(
 ) -> dg.Output[pl.DataFrame]:
     """Sentiment scores (`SENTIMENT_SCHEMA`) covering the bar grid, from the configured source, each
     with the time it was published."""
-    start = market_bars["ts"].min() - parse_duration(feature_settings.sentiment_history)
+    with failing_clearly():
+        first, last = ts_bounds(market_bars["ts"], what="market_bars")
+    start = first - parse_duration(feature_settings.sentiment_history)
     # Sources take whole-minute windows, end exclusive: one minute past the last bar includes it.
-    end = market_bars["ts"].max() + timedelta(minutes=1)
+    end = last + timedelta(minutes=1)
     if feature_settings.sentiment_source == "exchange":
         client = exchange.client()
         fetch = getattr(client, "fetch_sentiment", None)
@@ -177,7 +182,7 @@ def sentiment_windows(
         windows,
         metadata={
             "rows": windows.height,
-            "stale_share": float(windows["f_sent_stale"].mean() or 0.0),
+            "stale_share": share(windows["f_sent_stale"]),
             "warmup_ends": str(windows.filter(~pl.col("warmup"))["ts"].min()),
         },
     )

@@ -17,6 +17,7 @@ from carry_pipeline.defs.features.assets import (
 from carry_pipeline.defs.features.resources import FeatureSettings
 from carry_pipeline.lib.features.carry import check_same_grid
 from carry_pipeline.lib.features.point_in_time import sample_point_in_time
+from carry_pipeline.lib.features.timeframes import share
 
 
 def non_finite_after_warmup(frame: pl.DataFrame) -> dict[str, int]:
@@ -70,7 +71,7 @@ def sentiment_finite_after_warmup(sentiment_windows: pl.DataFrame) -> dg.AssetCh
     return dg.AssetCheckResult(
         passed=not bad,
         description=f"non-finite values after the warm-up: {bad}" if bad else "all finite",
-        metadata={"stale_share": float(sentiment_windows["f_sent_stale"].mean() or 0.0)},
+        metadata={"stale_share": share(sentiment_windows["f_sent_stale"])},
     )
 
 

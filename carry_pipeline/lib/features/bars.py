@@ -39,7 +39,7 @@ error that names the symbol and the gap, never a silent fill.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import polars as pl
 
@@ -297,7 +297,7 @@ def _grid(
         ]
     )
     start, end = spans["first"].max(), spans["last"].min()
-    if start is None or end is None or start > end:  # type: ignore[operator]
+    if not isinstance(start, datetime) or not isinstance(end, datetime) or start > end:
         raise ValueError(
             "the symbols' spot and perp bars do not overlap in time: "
             + ", ".join(
@@ -318,8 +318,10 @@ def _on_grid(grid: pl.DataFrame, spot: pl.DataFrame, perp: pl.DataFrame) -> pl.D
     columns = [grid]
     for name, leg in (("spot", spot), ("perp", perp)):
         leg = leg.filter(pl.col("ts").is_between(start, end)).sort("symbol", "ts")
-        if leg.height == grid.height and leg["ts"].equals(grid["ts"]) and leg["symbol"].equals(
-            grid["symbol"]
+        if (
+            leg.height == grid.height
+            and leg["ts"].equals(grid["ts"])
+            and leg["symbol"].equals(grid["symbol"])
         ):
             columns.append(_prefixed(leg, name).drop("symbol", "ts"))
         else:

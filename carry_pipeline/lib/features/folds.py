@@ -100,7 +100,7 @@ def make_walk_forward_folds(
             f"{cfg.n_folds} x test_span {cfg.test_span} = {needed}; shorten the spans, use fewer "
             "folds or ingest more"
         )
-    rows = []
+    rows: list[tuple[int, bool, datetime, datetime, datetime | None, datetime | None]] = []
     for k in range(cfg.n_folds):
         test_start = end - (cfg.n_folds - k) * test
         train_end = test_start - embargo

@@ -9,7 +9,8 @@ code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -19,7 +20,7 @@ from carry_pipeline.lib.features.carry import CarryFeaturesConfig, build_carry_f
 from carry_pipeline.lib.features.folds import WalkForwardConfig, make_walk_forward_folds
 from carry_pipeline.lib.features.normalisation import compute_normalisation_stats
 from carry_pipeline.lib.features.sentiment import SentimentWindowsConfig, build_sentiment_windows
-from carry_pipeline.lib.features.timeframes import parse_duration
+from carry_pipeline.lib.features.timeframes import parse_duration, ts_bounds
 from carry_pipeline.lib.features.windows import TrainingWindowsConfig, fold_tensor
 
 RAW_TABLES = ("spot", "perp", "funding", "order_book", "sentiment")
@@ -79,7 +80,7 @@ def usable_span(features: pl.DataFrame) -> tuple[datetime, datetime]:
     usable = features.filter(~pl.col("warmup"))["ts"]
     if usable.len() == 0:
         raise ValueError("every feature row is in the warm-up; supply more history")
-    return usable.min(), usable.max()  # type: ignore[return-value]
+    return ts_bounds(usable, what="features")
 
 
 def run_feature_pipeline(
@@ -113,7 +114,10 @@ def run_feature_pipeline(
     stats = compute_normalisation_stats(features, folds)
     tensors: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
     for fold in folds.iter_rows(named=True):
-        for segment in ("train",) if fold["is_latest"] else ("train", "test"):
+        segments: tuple[Literal["train", "test"], ...] = (
+            ("train",) if fold["is_latest"] else ("train", "test")
+        )
+        for segment in segments:
             values, ts, _, _ = fold_tensor(features, stats, fold, segment, bar, cfg.windows)
             tensors[(fold["fold"], segment)] = (values, ts)
     return {
@@ -125,8 +129,3 @@ def run_feature_pipeline(
         "normalisation_stats": stats,
         "tensors": tensors,
     }
-
-
-def bar_of(config: FeaturePipelineConfig) -> timedelta:
-    """The grid's bar of a pipeline configuration."""
-    return parse_duration(config.bars.bar)

@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from carry_pipeline.lib.features.pipeline import FeaturePipelineConfig, run_feature_pipeline
-from carry_pipeline.lib.features.timeframes import infer_bar, parse_duration
+from carry_pipeline.lib.features.timeframes import infer_bar, parse_duration, ts_bounds
 
 
 def perturb_after(
@@ -237,9 +237,10 @@ def sample_point_in_time(
 
     bar = parse_duration(config.bars.bar)
     before, after = parse_duration(history), parse_duration(future)
-    first = max(raw["spot"]["ts"].min(), raw["perp"]["ts"].min())  # type: ignore[type-var]
-    last = min(raw["spot"]["ts"].max(), raw["perp"]["ts"].max())  # type: ignore[type-var]
-    lo, hi = first + before, last - after  # type: ignore[operator]
+    spot_first, spot_last = ts_bounds(raw["spot"]["ts"], what="raw_spot_ohlcv")
+    perp_first, perp_last = ts_bounds(raw["perp"]["ts"], what="raw_perp_ohlcv")
+    first, last = max(spot_first, perp_first), min(spot_last, perp_last)
+    lo, hi = first + before, last - after
     if lo > hi:
         raise ValueError(
             f"point-in-time check: raw data {first}..{last} is shorter than history {history} + "

@@ -172,7 +172,7 @@ def _fetch_http(url: str, timeout_s: float) -> pl.DataFrame:
 
 def _as_utc(column: pl.Series, where: str, name: str) -> pl.Series:
     # Datetimes (naive = UTC), ISO text, or epoch seconds as numbers or numeric text.
-    if column.dtype == pl.Datetime:
+    if isinstance(column.dtype, pl.Datetime):
         out = column.dt.replace_time_zone("UTC") if column.dtype.time_zone is None else column
         return out.dt.convert_time_zone("UTC").cast(UTC_TS)
     if column.dtype.is_numeric() or (
@@ -274,8 +274,8 @@ def build_sentiment_windows(
     )
     if frame["score"].is_null().all():
         raise ValueError(
-            f"sentiment_windows: no score is published by the end of the grid ({ts.max()}); "
-            f"first publication {scores['published_at'].min()}"
+            f"sentiment_windows: no score is published by the end of the grid ({ts.max()!s}); "
+            f"first publication {scores['published_at'].min()!s}"
         )
     level = pl.col("score")
     n_change = bars_in(cfg.change_window, bar, what="change_window")

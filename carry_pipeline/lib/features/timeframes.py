@@ -8,7 +8,7 @@ a window given as a duration becomes a number of bars of the grid it is applied 
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import polars as pl
 
@@ -79,3 +79,21 @@ def infer_bar(ts: pl.Series, *, what: str = "frame") -> timedelta:
 def per_year(bar: timedelta) -> float:
     """Number of bars in a 365-day year (crypto trades around the clock)."""
     return timedelta(days=365) / bar
+
+
+def ts_bounds(ts: pl.Series, *, what: str) -> tuple[datetime, datetime]:
+    """First and last timestamp of a datetime column.
+
+    Raises:
+        ValueError: the column is empty (or not of datetimes).
+    """
+    lo, hi = ts.min(), ts.max()
+    if not isinstance(lo, datetime) or not isinstance(hi, datetime):
+        raise ValueError(f"{what}: no timestamps")
+    return lo, hi
+
+
+def share(flags: pl.Series) -> float:
+    """Fraction of true values in a boolean (or 0/1) column; 0 for an empty one."""
+    value = flags.cast(pl.Float64).mean()
+    return float(value) if isinstance(value, int | float) else 0.0

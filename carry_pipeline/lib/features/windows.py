@@ -173,7 +173,9 @@ def write_training_windows(
         symbols = sorted(features["symbol"].unique().to_list())
         cols = feature_columns(features)
         for fold in folds.sort("fold").iter_rows(named=True):
-            segments = ("train",) if fold["is_latest"] else ("train", "test")
+            segments: tuple[Literal["train", "test"], ...] = (
+                ("train",) if fold["is_latest"] else ("train", "test")
+            )
             for segment in segments:
                 values, ts, first_row, (lo, hi) = fold_tensor(
                     features, stats, fold, segment, bar, cfg
