@@ -35,3 +35,24 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Dagster: the instance lives in data/dagster_home (dagster.yaml is copied there first).
+DAGSTER_HOME_DIR := $(CURDIR)/data/dagster_home
+INGEST_DATE ?= $(shell date -u -d yesterday +%Y-%m-%d)
+INGEST_ASSETS ?= BTC ETH
+
+.PHONY: dev ingest dagster-home
+
+dagster-home:
+	mkdir -p $(DAGSTER_HOME_DIR)
+	cp dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
+
+dev: install dagster-home
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(VENV)/bin/dagster dev -w workspace.yaml
+
+# One day (INGEST_DATE, default yesterday UTC) of every raw table for each of INGEST_ASSETS.
+ingest: install dagster-home
+	for a in $(INGEST_ASSETS); do \
+	  DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(VENV)/bin/dagster job execute -m carry_pipeline \
+	    -j ingest_job --tags "{\"dagster/partition\": \"$$a|$(INGEST_DATE)\"}" || exit 1; \
+	done
