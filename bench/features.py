@@ -1,10 +1,8 @@
 """Benchmark: `market_bars` + `carry_features` on five years of 15-minute bars for six symbols.
 
-Prints the time of each part and the ratio to the 5-second budget of ARCHITECTURE.md. The raw
-tables are
-generated here with numpy (seeded geometric random walks, 8-hourly funding, a half-hourly order
-book) in the
-raw schemas; generation is not timed.
+Prints the time of each part and the ratio to the 5-second budget of ARCHITECTURE.md. The raw tables
+are generated here with numpy (seeded geometric random walks, 8-hourly funding, a half-hourly order
+book) in the raw schemas; generation is not timed.
 
     .venv/bin/python bench/features.py [--years 5] [--symbols 6] [--repeat 3]
 """

@@ -2,6 +2,5 @@
 walk-forward folds, normalisation statistics, training windows and the point-in-time check.
 
 The assets in `carry_pipeline/defs/features/` and `carry_pipeline/defs/datasets/` are thin wrappers
-over
-these functions; tests call them directly.
+over these functions; tests call them directly.
 """

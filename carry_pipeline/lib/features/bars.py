@@ -1,39 +1,31 @@
 """`market_bars`: the raw tables aligned on one bar grid, in the env's market-frame contract.
 
-One row per bar per symbol. `ts` is the bar's CLOSE time (open + bar): the time at which every
-value of the row
-is known. `symbol` is the perpetual's unified symbol (`BTC/USDT:USDT`); its spot leg is the symbol
-before the
-colon (`BTC/USDT`).
+One row per bar per symbol. `ts` is the bar's CLOSE time (open + bar): the time at which every value
+of the row is known. `symbol` is the perpetual's unified symbol (`BTC/USDT:USDT`); its spot leg is
+the symbol before the colon (`BTC/USDT`).
 
 Point in time:
 - a raw bar that opens at `o` is known at `o + raw bar`; the aligned bar closing at `ts` aggregates
-  the raw bars
-  that close at or before `ts`;
+  the raw bars that close at or before `ts`;
 - a funding rate settled at `funding_time` lands on the first bar that closes at or after it (a
-  settlement at
-  08:00:00 lands on the bar closing at 08:00, one at 08:00:01 on the next). `funding_time` is
-  floored to the
-  second first, as the raw schema promises (Binance stamps settlements with up to ~30 ms of jitter);
+  settlement at 08:00:00 lands on the bar closing at 08:00, one at 08:00:01 on the next).
+  `funding_time` is floored to the second first, as the raw schema promises (Binance stamps
+  settlements with up to ~30 ms of jitter);
 - an order-book snapshot at `s` is used by the bars closing at or after `s`, for at most
   `max_book_age`.
 
 Depth and spread come from `raw_order_book` where a fresh snapshot exists. Exchanges serve no
-history of the
-book, so where none exists the documented proxies are used (`book_proxy` is true on those rows):
+history of the book, so where none exists the documented proxies are used (`book_proxy` is true on
+those rows):
 - depth per leg = `proxy_depth_fraction` x the leg's mean traded notional per hour over the trailing
   `proxy_window` (resting depth within +-50 bp scales with turnover; ~0.2 of an hour's notional
-  matches Binance's
-  BTC and ETH books);
+  matches Binance's BTC and ETH books);
 - spread per leg = `proxy_spread_bps` (a constant: high-low estimators on 15-minute crypto bars
-  measure
-  intrabar volatility, tens of bp, not the quoted spread of ~0.1-1 bp).
+  measure intrabar volatility, tens of bp, not the quoted spread of ~0.1-1 bp).
 
 Missing bars (exchange outages) are forward-filled from the previous close for at most
-`max_fill_bars` bars:
-open = high = low = close = previous close, volume 0, and the leg's `*_stale` flag set. A longer
-gap is an
-error that names the symbol and the gap, never a silent fill.
+`max_fill_bars` bars: open = high = low = close = previous close, volume 0, and the leg's `*_stale`
+flag set. A longer gap is an error that names the symbol and the gap, never a silent fill.
 """
 
 from __future__ import annotations
@@ -65,8 +57,7 @@ class MarketBarsConfig:
     length."""
     symbols: tuple[str, ...] | None = None
     """Perpetual symbols to keep (`BTC/USDT:USDT`); None keeps every perp of `raw_perp_ohlcv`. Each
-    needs its
-    spot leg (`BTC/USDT`) in `raw_spot_ohlcv`."""
+    needs its spot leg (`BTC/USDT`) in `raw_spot_ohlcv`."""
     max_fill_bars: int = 4
     """Longest run of missing bars per leg that is forward-filled (and flagged stale); a longer gap
     fails."""
@@ -74,9 +65,8 @@ class MarketBarsConfig:
     """Oldest order-book snapshot still used for a bar's depth and spread; older ones give way to
     the proxies."""
     depth_band_bps: int = 50
-    """Band around mid whose resting notional is the depth: 10 or 50 (the raw book's two bands).
-    The depth of a
-    leg is the thinner of its two sides."""
+    """Band around mid whose resting notional is the depth: 10 or 50 (the raw book's two bands). The
+    depth of a leg is the thinner of its two sides."""
     proxy_depth_fraction: float = 0.2
     """Depth proxy: this fraction of the leg's mean traded USDT notional per hour over
     `proxy_window`."""
@@ -130,21 +120,16 @@ def build_market_bars(
 
     Returns:
         One row per bar close `ts` per perp `symbol`, sorted by symbol then ts, every symbol on the
-        same grid:
-        `spot_open..spot_close`, `spot_volume`, `perp_open..perp_close`, `perp_volume`,
-        `spot_price`,
-        `perp_price`, `funding_rate` (null where no settlement falls in the bar),
-        `funding_interval_hours`,
-        `spot_depth_usd`, `perp_depth_usd`, `spot_spread_bps`, `perp_spread_bps`, `spread_bps`
-        (mean of
-        the legs), `spot_stale`, `perp_stale`, `stale`, `book_proxy`.
+        same grid: `spot_open..spot_close`, `spot_volume`, `perp_open..perp_close`, `perp_volume`,
+        `spot_price`, `perp_price`, `funding_rate` (null where no settlement falls in the bar),
+        `funding_interval_hours` (hours of funding the last settled rate covers, carried forward),
+        `spot_depth_usd`, `perp_depth_usd`, `spot_spread_bps`, `perp_spread_bps`, `spread_bps` (mean
+        of the legs), `spot_stale`, `perp_stale`, `stale`, `book_proxy`.
 
     Raises:
         ValueError: a column is missing, a symbol lacks its spot leg, a key is duplicated, prices
-        are null or
-            non-positive, the raw bars are coarser than `config.bar`, the legs do not overlap, or a
-            gap is
-            longer than `config.max_fill_bars`.
+            are null or non-positive, the raw bars are coarser than `config.bar`, the legs do not
+            overlap, or a gap is longer than `config.max_fill_bars`.
     """
     cfg = config or MarketBarsConfig()
     bar = parse_duration(cfg.bar)
@@ -388,11 +373,13 @@ def _attach_funding(frame: pl.DataFrame, funding: pl.DataFrame, bar: timedelta) 
         )
         .sort("symbol", "funding_time")
         # Several settlements inside one bar (1h funding on 4h bars) are paid in that bar: their
-        # sum.
+        # sum, which covers the sum of their intervals (null if one interval is unknown).
         .group_by("symbol", "ts", maintain_order=True)
         .agg(
             pl.col("funding_rate").sum(),
-            pl.col("interval_hours").last().alias("funding_interval_hours"),
+            pl.when(pl.col("interval_hours").null_count() == 0)
+            .then(pl.col("interval_hours").sum())
+            .alias("funding_interval_hours"),
         )
     )
     frame = frame.join(events, on=["symbol", "ts"], how="left", maintain_order="left")

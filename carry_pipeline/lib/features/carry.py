@@ -2,40 +2,30 @@
 `f_`.
 
 Every feature at bar `ts` is a function of rows at or before `ts` only: rolling windows end at the
-current row,
-funding features are built from settlements (known from their settlement bar on) and carried
-forward,
-higher-timeframe indicators come from CLOSED 4h / daily bars joined backward on their close time.
-The warm-up
-(rows before every feature is defined for every symbol) is flagged in `warmup`, not dropped.
+current row, funding features are built from settlements (known from their settlement bar on) and
+carried forward, higher-timeframe indicators come from CLOSED 4h / daily bars joined backward on
+their close time. The warm-up (rows before every feature is defined for every symbol) is flagged in
+`warmup`, not dropped.
 
 Features (windows in config are durations, turned into bars of the grid):
 - basis: `f_basis` (perp - spot, USDT), `f_basis_bps`, `f_basis_z` (z-score over `zscore_window`);
-- funding, from the settlements: `f_funding_rate` (last settled rate), `f_funding_sma3` (mean of
-  the last 3),
-  `f_funding_z` (z-score over the last `funding_zscore_periods` settlements), `f_funding_ann`
-  (annualised:
-  rate x 24 / interval_hours x 365, simple), `f_funding_streak` (signed count of consecutive
-  settlements of the
-  same sign, 0 for a zero rate), `f_minutes_to_funding` (until the next settlement expected from
-  the last one
-  and its interval, floored at 0), `f_funding_spread_ann` (annualised rate minus the mean over
-  symbols);
-- returns and risk on the spot close: `f_ret_<h>` log returns over each of `return_horizons`,
-  `f_rv` (annualised
-  realised volatility over `vol_window`), `f_vol_of_vol` (std / mean of `f_rv` over
-  `vol_of_vol_window`),
-  `f_ret_skew`, `f_ret_kurt` (of 1-bar returns over `moments_window`);
+- funding, from the settlements: `f_funding_rate` (last settled rate), `f_funding_sma3` (mean of the
+  last 3), `f_funding_z` (z-score over the last `funding_zscore_periods` settlements),
+  `f_funding_ann` (annualised: rate x 24 / interval_hours x 365, simple), `f_funding_streak` (signed
+  count of consecutive settlements of the same sign, 0 for a zero rate), `f_minutes_to_funding`
+  (until the next settlement expected from the last one and its interval, floored at 0),
+  `f_funding_spread_ann` (annualised rate minus the mean over symbols);
+- returns and risk on the spot close: `f_ret_<h>` log returns over each of `return_horizons`, `f_rv`
+  (annualised realised volatility over `vol_window`), `f_vol_of_vol` (std / mean of `f_rv` over
+  `vol_of_vol_window`), `f_ret_skew`, `f_ret_kurt` (of 1-bar returns over `moments_window`);
 - microstructure: `f_hl_spread_bps` (Corwin-Schultz high-low spread estimate averaged over
   `microstructure_window`), `f_vwap_dev_bps` (close vs the rolling VWAP), `f_trade_intensity` (log
-  traded
-  notional of both legs vs its rolling mean);
+  traded notional of both legs vs its rolling mean);
 - indicators (see `indicators.py`) on the bar (`_bar`) and on each closed higher timeframe (`_4h`,
   `_1d`);
 - time: `f_hour_sin`, `f_hour_cos`, `f_dow_sin`, `f_dow_cos` of the bar's close time;
-- cross-asset: `f_corr_btc_eth` (rolling correlation of the pair's 1-bar spot returns, same on
-  every symbol;
-  present only when both symbols of `correlation_pair` are in the frame).
+- cross-asset: `f_corr_btc_eth` (rolling correlation of the pair's 1-bar spot returns, same on every
+  symbol; present only when both symbols of `correlation_pair` are in the frame).
 """
 
 from __future__ import annotations
@@ -129,15 +119,13 @@ def build_carry_features(
 
     Returns:
         `ts`, `symbol`, `warmup` and the `f_` columns (Float64), sorted by symbol then ts, one row
-        per row of
-        `bars`. `warmup` is true before the first bar at which every feature of every symbol is
-        finite.
+        per row of `bars`. `warmup` is true before the first bar at which every feature of every
+        symbol is finite.
 
     Raises:
         ValueError: a required column is missing, the grid is irregular or differs between symbols,
-        a window is
-            not a whole multiple of the bar, or the data is too short for any bar to leave the
-            warm-up.
+            a window is not a whole multiple of the bar, or the data is too short for any bar to
+            leave the warm-up.
     """
     cfg = config or CarryFeaturesConfig()
     missing = [c for c in REQUIRED_COLUMNS if c not in bars.columns]
@@ -198,8 +186,7 @@ def flag_warmup(features: pl.DataFrame, *, what: str) -> pl.DataFrame:
 
     Raises:
         ValueError: some symbol never has a row with every feature finite (the data is shorter than
-        the
-            longest lookback); the message names the columns still missing at the last bar.
+            the longest lookback); the message names the columns still missing at the last bar.
     """
     cols = [c for c in features.columns if c.startswith("f_")]
     complete = pl.all_horizontal([pl.col(c).is_finite().fill_null(False) for c in cols])

@@ -1,18 +1,12 @@
 """`walk_forward_folds`: train/test boundaries for walk-forward validation, plus the latest window.
 
 Spans are half-open on bar close times: a fold trains on bars with `train_start <= ts < train_end`
-and tests
-on `test_start <= ts < test_end`, with `test_start - train_end == embargo` (bars in the embargo
-belong to
-neither span, so labels that look a little ahead from the end of training cannot overlap the test
-span).
-The test spans tile the end of the data, oldest fold first, without overlapping. `anchored` folds
-all train
-from the start of the data (after the features' warm-up); `sliding` folds train on the last
-`train_span`
-before their embargo. The latest window (`is_latest`, fold id = `n_folds`) trains on the most
-recent data
-for the production models and has no test span.
+and tests on `test_start <= ts < test_end`, with `test_start - train_end == embargo` (bars in the
+embargo belong to neither span, so labels that look a little ahead from the end of training cannot
+overlap the test span). The test spans tile the end of the data, oldest fold first, without
+overlapping. `anchored` folds all train from the start of the data (after the features' warm-up);
+`sliding` folds train on the last `train_span` before their embargo. The latest window (`is_latest`,
+fold id = `n_folds`) trains on the most recent data for the production models and has no test span.
 """
 
 from __future__ import annotations
@@ -82,12 +76,11 @@ def make_walk_forward_folds(
 
     Returns:
         `n_folds` rows with `is_latest` false, ordered by `fold` (0 = oldest), then the latest
-        window, in
-        `FOLD_SCHEMA`.
+        window, in `FOLD_SCHEMA`.
 
     Raises:
         ValueError: the data is too short for `n_folds` test spans, their embargo and one training
-        span.
+            span.
     """
     cfg = config or WalkForwardConfig()
     train, test, embargo = (parse_duration(x) for x in (cfg.train_span, cfg.test_span, cfg.embargo))

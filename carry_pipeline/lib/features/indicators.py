@@ -1,26 +1,20 @@
 """Technical indicators as polars expressions, matching pandas-ta-classic's defaults.
 
 pandas-ta-classic is the reference (`tests/pipeline/features/test_indicators.py` compares every
-expression here
-with it on the same series); these expressions compute the same numbers without leaving polars,
-which keeps
-`carry_features` inside its time budget. Each expression works on one symbol's rows sorted by time
-(callers run
-it per symbol) and reproduces pandas-ta-classic's seeding:
+expression here with it on the same series); these expressions compute the same numbers without
+leaving polars, which keeps `carry_features` inside its time budget. Each expression works on one
+symbol's rows sorted by time (callers run it per symbol) and reproduces pandas-ta-classic's seeding:
 
 - RMA (Wilder's moving average, used by RSI and ATR, and by ADX for the final smoothing): the first
-  value is the
-  SMA of the first `length` valid inputs, then `ewm(alpha=1/length, adjust=False)`;
+  value is the SMA of the first `length` valid inputs, then `ewm(alpha=1/length, adjust=False)`;
 - EMA and MACD: SMA seed at `length - 1`, then `ewm(span=length, adjust=False)`; MACD's signal line
-  is seeded on
-  the MACD line's first `signal` values (TA-Lib's alignment);
-- ADX: +DI/-DI from Wilder's cumulative smoothing seeded on inputs 1..length-1, then DX, then RMA
-  of DX;
+  is seeded on the MACD line's first `signal` values (TA-Lib's alignment);
+- ADX: +DI/-DI from Wilder's cumulative smoothing seeded on inputs 1..length-1, then DX, then RMA of
+  DX;
 - Bollinger bandwidth: `100 * (upper - lower) / mid` with a population (ddof=0) standard deviation.
 
-`higher_timeframe_bars` builds CLOSED higher-timeframe bars from a bar grid, so indicators on 4h
-and daily bars
-only ever use bars that have finished.
+`higher_timeframe_bars` builds CLOSED higher-timeframe bars from a bar grid, so indicators on 4h and
+daily bars only ever use bars that have finished.
 """
 
 from __future__ import annotations
@@ -126,17 +120,14 @@ def add_indicators(
     """Add the indicator features of one timeframe to one symbol's rows, sorted by time.
 
     Columns (scale-free, so that symbols compare): `f_rsi_<suffix>` (RSI, 0-100),
-    `f_atr_pct_<suffix>`
-    (ATR / close), `f_macd_hist_pct_<suffix>` (MACD histogram / close), `f_bb_width_<suffix>`
-    (Bollinger
-    bandwidth, percent), `f_adx_<suffix>` (ADX, 0-100), `f_ema_dist_<suffix>` (close / EMA - 1).
-    Each is null
-    until its lookback is filled, exactly where pandas-ta-classic's is NaN.
+    `f_atr_pct_<suffix>` (ATR / close), `f_macd_hist_pct_<suffix>` (MACD histogram / close),
+    `f_bb_width_<suffix>` (Bollinger bandwidth, percent), `f_adx_<suffix>` (ADX, 0-100),
+    `f_ema_dist_<suffix>` (close / EMA - 1). Each is null until its lookback is filled, exactly
+    where pandas-ta-classic's is NaN.
 
     The computation runs in stages of intermediate columns (dropped at the end) rather than one
-    nested
-    expression per indicator: ADX and MACD reuse their inputs several times, and nesting would copy
-    them.
+    nested expression per indicator: ADX and MACD reuse their inputs several times, and nesting
+    would copy them.
 
     Args:
         lf: one symbol's rows sorted by time.
@@ -206,13 +197,12 @@ def higher_timeframe_bars(
 
     A higher bar covering `[open, open + every)` is made of the grid bars whose close `ts` lies in
     `(open, open + every]`; it is kept only when all `every / bar` of them are present, so the
-    partial first and
-    last higher bars are dropped. Its `ts` is its close time, the earliest time its values are
-    known.
+    partial first and last higher bars are dropped. Its `ts` is its close time, the earliest time
+    its values are known.
 
     Args:
         bars: one symbol's grid, sorted by `ts` (bar close time), with `<prefix>_open..close`
-        columns.
+            columns.
         bar: the grid's bar.
         every: the higher timeframe, a whole multiple of `bar`.
         prefix: the leg whose OHLC is resampled.

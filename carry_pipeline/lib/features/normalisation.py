@@ -1,12 +1,10 @@
 """`normalisation_stats`: per fold and feature, statistics of that fold's train span only.
 
-Two variants per feature: `standard` (mean, population std) and `robust` (median, IQR / 1.349,
-which equals
-the std for normal data). Both are computed over every symbol's rows in `[train_start, train_end)`
-outside
-the warm-up. A feature that is constant over the train span (std or IQR 0, e.g. a flag that never
-fires)
-gets a scale of 1, recorded in `degenerate`, so applying the statistics never divides by zero.
+Two variants per feature: `standard` (mean, population std) and `robust` (median, IQR / 1.349, which
+equals the std for normal data). Both are computed over every symbol's rows in `[train_start,
+train_end)` outside the warm-up. A feature that is constant over the train span (std or IQR 0, e.g.
+a flag that never fires) gets a scale of 1, recorded in `degenerate`, so applying the statistics
+never divides by zero.
 """
 
 from __future__ import annotations
@@ -60,8 +58,7 @@ def compute_normalisation_stats(features: pl.DataFrame, folds: pl.DataFrame) -> 
 
     Raises:
         ValueError: a fold's train span holds no row after the warm-up, or a feature has a null or
-        non-finite
-            value there (the warm-up should have excluded it).
+            non-finite value there (the warm-up should have excluded it).
     """
     cols = feature_columns(features)
     out = []

@@ -1,9 +1,8 @@
 """The whole feature and dataset chain as one function, from raw tables to fold tensors.
 
-The Dagster assets run these steps one asset at a time; `run_feature_pipeline` runs them in one
-call for
-the point-in-time check, the benchmark and the tests, so that all three exercise exactly the asset
-code.
+The Dagster assets run these steps one asset at a time; `run_feature_pipeline` runs them in one call
+for the point-in-time check, the benchmark and the tests, so that all three exercise exactly the
+asset code.
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ from carry_pipeline.lib.features.windows import TrainingWindowsConfig, fold_tens
 
 RAW_TABLES = ("spot", "perp", "funding", "order_book", "sentiment")
 """Keys of the raw-table dict: `raw_spot_ohlcv`, `raw_perp_ohlcv`, `raw_funding_rates`,
-`raw_order_book`
-and `sentiment_scores`."""
+`raw_order_book` and `sentiment_scores`."""
 
 
 @dataclass(frozen=True)
@@ -95,9 +93,8 @@ def run_feature_pipeline(
 
     Returns:
         `market_bars`, `carry_features`, `sentiment_windows` (None without sentiment), `features`
-        (the
-        two joined), `walk_forward_folds`, `normalisation_stats` and `tensors`: a dict
-        `(fold, segment) -> (values, ts_us)` of the normalised arrays `training_windows` writes.
+        (the two joined), `walk_forward_folds`, `normalisation_stats` and `tensors`: a dict `(fold,
+        segment) -> (values, ts_us)` of the normalised arrays `training_windows` writes.
     """
     cfg = config or FeaturePipelineConfig()
     bar = parse_duration(cfg.bars.bar)

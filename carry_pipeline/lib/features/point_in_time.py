@@ -1,24 +1,17 @@
 """The point-in-time proof: perturb every input known after a time t and show that nothing stamped
-at or
-before t changes.
+at or before t changes.
 
 "Known after t" follows the raw contracts: a raw bar opening at `o` is known at its close `o + raw
-bar`; a
-funding rate at its settlement time (floored to the second, as the schema normalises it); an
-order-book
-snapshot at its `ts`; a sentiment score at its `published_at`. `perturb_after` rescales every such
-value
-known after t with seeded noise (prices of a bar by one factor, so OHLC stays consistent; funding
-shifted;
-depth, spreads, volumes rescaled; sentiment shifted), keeping the timestamps, so the grid, the
-warm-up and
-the folds are the same and any difference at or before t can only be look-ahead.
+bar`; a funding rate at its settlement time (floored to the second, as the schema normalises it); an
+order-book snapshot at its `ts`; a sentiment score at its `published_at`. `perturb_after` rescales
+every such value known after t with seeded noise (prices of a bar by one factor, so OHLC stays
+consistent; funding shifted; depth, spreads, volumes rescaled; sentiment shifted), keeping the
+timestamps, so the grid, the warm-up and the folds are the same and any difference at or before t
+can only be look-ahead.
 
 `compare_at_or_before` then checks market bars, carry features and sentiment windows at `ts <= t`,
-the
-normalisation statistics of every fold whose train span ends at or before t, and those folds'
-normalised
-arrays up to t. The tests run it on the full pipeline; the `carry_features` asset runs
+the normalisation statistics of every fold whose train span ends at or before t, and those folds'
+normalised arrays up to t. The tests run it on the full pipeline; the `carry_features` asset runs
 `sample_point_in_time` on a few sampled timestamps as a blocking check.
 """
 
@@ -212,10 +205,8 @@ def sample_point_in_time(
     """The point-in-time check on a few sampled cut-offs, cheap enough for a blocking asset check.
 
     Each sample takes the raw rows in `[t - history, t + future)` (the same slice before and after
-    the
-    perturbation) and compares market bars, carry features and sentiment windows at or before `t`;
-    the
-    folds and statistics are left to the full test, since they need the whole history.
+    the perturbation) and compares market bars, carry features and sentiment windows at or before
+    `t`; the folds and statistics are left to the full test, since they need the whole history.
 
     Args:
         raw: the full raw tables.

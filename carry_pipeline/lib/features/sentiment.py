@@ -5,15 +5,12 @@ A score is usable only from its `published_at` on. Sources:
 - `simulated`: the embedded simulator's hourly market-wide index (`carry_env.synthetic`), the
   offline default;
 - `file`: a user CSV or Parquet file with a timestamp column and a score column, and optionally a
-  publication
-  time column; without one, `published_at = ts + publication_lag`;
-- `http`: a URL answering CSV, or JSON (a list of records, or an object whose `data` key holds
-  one), with the
-  same columns as a file.
+  publication time column; without one, `published_at = ts + publication_lag`;
+- `http`: a URL answering CSV, or JSON (a list of records, or an object whose `data` key holds one),
+  with the same columns as a file.
 
 Scores are in [-1, 1] (-1 extreme fear, +1 extreme greed); sources on another scale (the 0-100 Fear
-& Greed
-index) are mapped with `score_range`.
+& Greed index) are mapped with `score_range`.
 """
 
 from __future__ import annotations
@@ -51,8 +48,7 @@ class SentimentSourceConfig:
     """Column holding the publication time; None derives it as timestamp + `publication_lag`."""
     publication_lag: str = "0s"
     """Delay between a score's timestamp and its publication when the source has no publication
-    column
-    (a daily index stamped at midnight but published at 01:00 has a lag of `1h`)."""
+    column (a daily index stamped at midnight but published at 01:00 has a lag of `1h`)."""
     score_range: tuple[float, float] = (-1.0, 1.0)
     """Scale of the source's scores, mapped linearly onto [-1, 1] (`(0, 100)` for Fear & Greed)."""
     timeout_s: float = 30.0
@@ -91,7 +87,7 @@ def load_sentiment(source: SentimentSourceConfig, start: datetime, end: datetime
 
     Raises:
         ValueError: a column is missing, a value does not parse, or a score falls outside
-        `score_range`.
+            `score_range`.
         OSError: the file cannot be read or the URL cannot be fetched.
     """
     if source.kind == "simulated":
@@ -241,8 +237,7 @@ def build_sentiment_windows(
     """Align sentiment scores on the bar grid by publication time and derive window features.
 
     The level at bar `ts` is the score with the latest `published_at <= ts` (ties: the latest `ts`
-    it refers
-    to), so a score never appears before it is published.
+    it refers to), so a score never appears before it is published.
 
     Args:
         scores: `sentiment_scores` (`SENTIMENT_SCHEMA`).
@@ -251,14 +246,12 @@ def build_sentiment_windows(
 
     Returns:
         One row per grid `ts`: `ts`, `sentiment` (the level, the env's optional column), `warmup`,
-        and
-        `f_sent_level`, `f_sent_change`, `f_sent_z`, `f_sent_mean_<w>`, `f_sent_extreme_fear`,
+        and `f_sent_level`, `f_sent_change`, `f_sent_z`, `f_sent_mean_<w>`, `f_sent_extreme_fear`,
         `f_sent_extreme_greed`, `f_sent_age_hours`, `f_sent_stale`.
 
     Raises:
         ValueError: no score is published before the end of the grid, or a window is not a multiple
-        of the
-            grid's bar.
+            of the grid's bar.
     """
     cfg = config or SentimentWindowsConfig()
     ts = grid.unique().sort().cast(UTC_TS).alias("ts")

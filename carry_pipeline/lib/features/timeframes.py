@@ -1,8 +1,7 @@
 """Durations and bar arithmetic shared by the feature and dataset functions.
 
 Durations are written the way polars and ccxt write them (`"15m"`, `"1h"`, `"4h"`, `"1d"`, `"7d"`,
-`"2w"`);
-a window given as a duration becomes a number of bars of the grid it is applied to.
+`"2w"`); a window given as a duration becomes a number of bars of the grid it is applied to.
 """
 
 from __future__ import annotations

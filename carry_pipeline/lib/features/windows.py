@@ -1,27 +1,19 @@
 """`training_windows`: normalised feature tensors per fold, written once as `.npy` files that
-training
-memory-maps, with a manifest.
+training memory-maps, with a manifest.
 
 For each fold and segment the features are normalised with that fold's train statistics and stacked
-into a
-float32 array of shape `(T, S, F)` (time, symbol, feature; symbols and features in the manifest's
-order),
-saved with its bar close times (`int64` microseconds since the epoch). A window is `lookback`
-consecutive
-rows; `open_windows` returns them all as a read-only, zero-copy view `(n_windows, lookback, S, F)`
-over the
-memory-mapped file.
+into a float32 array of shape `(T, S, F)` (time, symbol, feature; symbols and features in the
+manifest's order), saved with its bar close times (`int64` microseconds since the epoch). A window
+is `lookback` consecutive rows; `open_windows` returns them all as a read-only, zero-copy view
+`(n_windows, lookback, S, F)` over the memory-mapped file.
 
-Segments: `train` holds only rows of the train span (so no window of it sees a bar of the test
-span, nor
-of the embargo); `test` holds the test span plus the `lookback - 1` bars before it (past data,
-which a
-window ending at the first test bar needs); the latest window has a `train` segment only.
+Segments: `train` holds only rows of the train span (so no window of it sees a bar of the test span,
+nor of the embargo); `test` holds the test span plus the `lookback - 1` bars before it (past data,
+which a window ending at the first test bar needs); the latest window has a `train` segment only.
 
 Files live under `<root>/<key>/`, where `key` hashes the features, statistics, folds and settings:
-the same
-inputs are written once and reused, new inputs get a new folder, and a half-written folder is never
-visible (it is renamed into place when complete).
+the same inputs are written once and reused, new inputs get a new folder, and a half-written folder
+is never visible (it is renamed into place when complete).
 """
 
 from __future__ import annotations
@@ -105,9 +97,8 @@ def fold_tensor(
         config: lookback and normalisation.
 
     Returns:
-        `(values, ts_us, first_window_row, (span_start, span_end))`: float32 values, int64 bar
-        close times,
-        the row at which the first window of the segment ends, and the segment's span.
+        `(values, ts_us, first_window_row, (span_start, span_end))`: float32 values, int64 bar close
+        times, the row at which the first window of the segment ends, and the segment's span.
 
     Raises:
         ValueError: the segment has fewer rows than `lookback`.
@@ -228,8 +219,7 @@ def open_windows(row: dict) -> tuple[np.ndarray, np.ndarray]:
 
     Returns:
         `(windows, end_ts)`: a read-only view of shape `(n_windows, lookback, S, F)` and the bar
-        close time
-        (int64 microseconds) at which each window ends.
+        close time (int64 microseconds) at which each window ends.
     """
     values = np.load(row["values_path"], mmap_mode="r")
     ts = np.load(row["ts_path"], mmap_mode="r")

@@ -21,14 +21,16 @@ BTC, ETH = "BTC/USDT:USDT", "ETH/USDT:USDT"
 M15 = timedelta(minutes=15)
 
 
-def funding_rows(times: list[datetime], rates: list[float], symbol: str = BTC) -> pl.DataFrame:
+def funding_rows(
+    times: list[datetime], rates: list[float], symbol: str = BTC, interval: float = 8.0
+) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "funding_time": times,
             "exchange": "sim",
             "symbol": symbol,
             "funding_rate": rates,
-            "interval_hours": [8.0] * len(times),
+            "interval_hours": [interval] * len(times),
             "mark_price": None,
             "ingested_at": INGESTED,
         },
@@ -83,13 +85,13 @@ def test_funding_as_of_join_at_the_settlement_boundary(
 def test_two_settlements_in_one_bar_are_summed() -> None:
     spot, perp = one_symbol(24, bar=timedelta(hours=1))
     times = [START + timedelta(hours=2), START + timedelta(hours=3)]
-    bars = build_market_bars(
-        spot, perp, funding_rows(times, [1e-4, 2e-4]), config=MarketBarsConfig(bar="4h")
-    )
-    # 1h settlements at 02:00 and 03:00 both fall in the 4h bar closing 04:00: 3e-4 paid there.
-    assert bars.filter(pl.col("ts") == START + timedelta(hours=4))["funding_rate"][0] == (
-        pytest.approx(3e-4)
-    )
+    funding = funding_rows(times, [1e-4, 2e-4], interval=1.0)
+    bars = build_market_bars(spot, perp, funding, config=MarketBarsConfig(bar="4h"))
+    # 1h settlements at 02:00 and 03:00 both fall in the 4h bar closing 04:00: 3e-4 paid there,
+    # covering 2 hours of funding (so annualising uses 2h, not 1h).
+    paid = bars.filter(pl.col("ts") == START + timedelta(hours=4)).row(0, named=True)
+    assert paid["funding_rate"] == pytest.approx(3e-4)
+    assert paid["funding_interval_hours"] == 2.0
 
 
 def test_finer_raw_bars_are_aggregated_and_partial_last_bar_dropped() -> None:
@@ -177,9 +179,8 @@ def test_book_used_when_fresh_else_proxy() -> None:
     bars = build_market_bars(spot, perp, funding_rows([], []), book, cfg)
     at = {r["ts"]: r for r in bars.iter_rows(named=True)}
     # 00:15 precedes the snapshot: proxy. 00:30 and 00:45 see it (10 and 25 minutes old): the
-    # thinner
-    # side of each leg (3e6 spot, 2e6 perp) and the mean of the spreads (1.5 bp). 01:00 is 40 min
-    # old.
+    # thinner side of each leg (3e6 spot, 2e6 perp) and the mean of the spreads (1.5 bp). 01:00 is
+    # 40 min old.
     first = at[START + M15]
     assert first["book_proxy"] and first["spread_bps"] == cfg.proxy_spread_bps
     for minutes in (30, 45):

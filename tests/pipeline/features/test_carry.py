@@ -112,8 +112,8 @@ def test_funding_features_hand_computed(bars: pl.DataFrame) -> None:
     assert at[s[11]]["f_funding_streak"] == 3.0
     # A zero print breaks every streak.
     assert at[s[13]]["f_funding_streak"] == 0.0
-    # Between settlements the last settled rate is carried: 15 minutes later it is still -1 bp,
-    # and the next settlement is 8h - 15 min = 465 minutes away.
+    # Between settlements the last settled rate is carried: 15 minutes later it is still -1 bp, and
+    # the next settlement is 8h - 15 min = 465 minutes away.
     later = at[s[12] + timedelta(minutes=15)]
     assert later["f_funding_rate"] == pytest.approx(-1e-4)
     assert later["f_minutes_to_funding"] == 465.0
@@ -187,8 +187,7 @@ def test_higher_timeframe_indicators_use_closed_bars_only(
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
     np.testing.assert_allclose(got, expected, rtol=1e-10)
     # Concretely: 15 minutes before a 4h close the value is still the previous bar's; at the close
-    # it
-    # switches.
+    # it switches.
     ts = pd.Timestamp(rsi.dropna().index[5])
     f = features.filter(pl.col("symbol") == BTC)
     before = f.filter(pl.col("ts") == ts - pd.Timedelta(minutes=15))["f_rsi_4h"][0]

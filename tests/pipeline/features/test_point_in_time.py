@@ -1,6 +1,5 @@
-"""Tests of carry_pipeline/lib/features/point_in_time.py: the perturbation proof on the full
-feature set,
-and that it catches look-ahead when there is some."""
+"""Tests of carry_pipeline/lib/features/point_in_time.py: the perturbation proof on the full feature
+set, and that it catches look-ahead when there is some."""
 
 from __future__ import annotations
 
