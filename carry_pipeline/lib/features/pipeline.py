@@ -69,6 +69,43 @@ def combine_features(carry: pl.DataFrame, sentiment: pl.DataFrame | None) -> pl.
     return joined.with_columns(pl.col("warmup") | pl.col("_sent_warmup")).drop("_sent_warmup")
 
 
+def build_market_frame(
+    bars: pl.DataFrame,
+    carry: pl.DataFrame,
+    sentiment: pl.DataFrame | None = None,
+    *,
+    drop_warmup: bool = True,
+) -> pl.DataFrame:
+    """The env's market frame: `market_bars` with the `sentiment` level and every `f_` feature.
+
+    Hand the result to `carry_env` as it is (`MarketData.from_frame`, or the env's market data).
+
+    Args:
+        bars: `market_bars`.
+        carry: `carry_features` of the same bars.
+        sentiment: `sentiment_windows` on the same grid, or None.
+        drop_warmup: keep only bars after the warm-up (where every feature and the sentiment level
+            are defined); False keeps every bar, features null in the warm-up.
+
+    Returns:
+        One row per bar per symbol, sorted by symbol then ts.
+
+    Raises:
+        ValueError: a bar of `bars` has no feature row, or every bar is in the warm-up.
+    """
+    features = combine_features(carry, sentiment)
+    frame = bars.join(features, on=["ts", "symbol"], how="left", maintain_order="left")
+    if frame["warmup"].null_count():
+        raise ValueError("carry_features does not cover every bar of market_bars; rebuild it")
+    if sentiment is not None:
+        level = sentiment.select("ts", "sentiment")
+        frame = frame.join(level, on="ts", how="left", maintain_order="left")
+    if drop_warmup:
+        start, _ = usable_span(features)
+        frame = frame.filter(pl.col("ts") >= start)
+    return frame.drop("warmup")
+
+
 def usable_span(features: pl.DataFrame) -> tuple[datetime, datetime]:
     """First bar after the warm-up and last bar of a feature frame.
 

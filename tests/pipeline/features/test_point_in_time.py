@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -99,3 +100,22 @@ def test_sampled_check_is_cheap_and_clean(raw_long: dict, short_config) -> None:
 def test_sampled_check_needs_enough_history(raw_long: dict, short_config) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match="shorter than history 200d"):
         sample_point_in_time(raw_long, short_config, history="200d")
+
+
+def test_market_frame_is_accepted_by_the_env(pipeline_out: dict) -> None:
+    from carry_env.market import MarketData
+    from carry_pipeline.lib.features.pipeline import build_market_frame
+
+    frame = build_market_frame(
+        pipeline_out["market_bars"],
+        pipeline_out["carry_features"],
+        pipeline_out["sentiment_windows"],
+    )
+    market = MarketData.from_frame(frame)
+    n_features = sum(c.startswith("f_") for c in frame.columns)
+    assert market.symbols == ("BTC/USDT:USDT", "ETH/USDT:USDT")
+    assert market.features.shape == (frame.height // 2, 2, n_features)
+    # Funding is passed through, null (NaN) where nothing settles, never 0-filled.
+    settled = frame.filter(pl.col("symbol") == "BTC/USDT:USDT")["funding_rate"].is_not_null()
+    assert int(np.isfinite(market.funding[:, 0]).sum()) == int(settled.sum())
+    assert np.isfinite(market.features).all() and np.isfinite(market.sentiment).all()
