@@ -108,8 +108,8 @@ def validate_table(table: str, frame: pl.DataFrame) -> SuiteResult:
         cfg = r.expectation_config
         failures.append(
             {
-                "expectation": cfg.type,
-                "kwargs": {k: v for k, v in cfg.kwargs.items() if k != "batch_id"},
+                "expectation": cfg.type if cfg else "unknown",
+                "kwargs": {k: v for k, v in (cfg.kwargs if cfg else {}).items() if k != "batch_id"},
                 "unexpected_count": r.result.get("unexpected_count"),
                 "examples": [str(x) for x in (r.result.get("partial_unexpected_list") or [])[:5]],
             }

@@ -12,6 +12,7 @@ permanent ones fail at once.
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 import dagster as dg
 import polars as pl
@@ -164,9 +165,7 @@ def _ohlcv(
     for p in pairs:
         sym = p.symbol(market)
         f = _guard(
-            lambda sym=sym: client.fetch_ohlcv(
-                sym, market, exchange.timeframe, scope.start, scope.end
-            )
+            partial(client.fetch_ohlcv, sym, market, exchange.timeframe, scope.start, scope.end)
         )
         frames.append(f)
         outcomes += check_ohlcv(f, start=scope.start, end=scope.end, bar=bar, now=fetched_at)
@@ -228,7 +227,7 @@ def raw_funding_rates(
     client = _client(exchange, scope, perps)
     frames, outcomes = [], []
     for sym in perps:
-        f = _guard(lambda sym=sym: client.fetch_funding(sym, scope.start, scope.end))
+        f = _guard(partial(client.fetch_funding, sym, scope.start, scope.end))
         frames.append(f)
         outcomes += check_funding(f, max_abs_rate=exchange.max_abs_funding_rate)
     yield _output(pl.concat(frames), scope, client, "perp")
@@ -258,12 +257,10 @@ def raw_order_book(
     client = _client(exchange, scope, [s for p in pairs for s in (p.spot, p.perp)])
     frames, outcomes = [], []
     for p in pairs:
-        for market in ("spot", "perp"):
-            sym = p.symbol(market)  # type: ignore[arg-type]
-            f = _guard(
-                lambda sym=sym, m=market: client.fetch_order_book(sym, m, scope.start, scope.end)
-            )
-            frames.append(f)
+        legs: tuple[Market, Market] = ("spot", "perp")
+        for market in legs:
+            fetch = partial(client.fetch_order_book, p.symbol(market), market)
+            frames.append(_guard(partial(fetch, scope.start, scope.end)))
         outcomes += check_order_book(pl.concat(frames[-2:]))
     frame = pl.concat(frames)
     if frame.height == 0:

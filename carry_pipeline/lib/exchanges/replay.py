@@ -12,7 +12,7 @@ datetimes or epoch milliseconds. Funding times are floored to the second like li
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -92,10 +92,10 @@ class ReplayExchange:
         table = self._table(f"{market}_ohlcv")
         frame = _slice(table, "ts", symbol, start, end)
         step = timeframe_delta(timeframe)
-        gaps = frame["ts"].diff().drop_nulls()
-        if gaps.len() and gaps.min() < step:
+        shortest = frame.select(pl.col("ts").diff().min()).item()
+        if isinstance(shortest, timedelta) and shortest < step:
             raise PermanentExchangeError(
-                f"replay {market}_ohlcv for {symbol} has bars {gaps.min()} apart, shorter than the "
+                f"replay {market}_ohlcv for {symbol} has bars {shortest} apart, shorter than the "
                 f"configured timeframe {timeframe}"
             )
         return conform(
