@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import dagster as dg
 
-from carry_pipeline.defs.ingestion.partitions import ingest_partitions
+from carry_pipeline.defs.ingestion.partitions import asset_partitions, ingest_partitions
 
 # In-process: ingestion is I/O bound and DuckDB takes one writer at a time, so parallel processes
 # would only queue on the file lock.
@@ -16,7 +18,21 @@ ingest_job = dg.define_asset_job(
     description="Fetch one day x asset partition of every raw table into DuckDB schema raw.",
 )
 
-# Every day at 00:30 UTC: yesterday's partition for every asset.
-ingest_schedule = dg.build_schedule_from_partitioned_job(
-    ingest_job, hour_of_day=0, minute_of_hour=30, name="ingest_schedule"
+
+@dg.schedule(
+    job=ingest_job,
+    cron_schedule="30 0 * * *",
+    execution_timezone="UTC",
+    name="ingest_schedule",
+    description="Every day at 00:30 UTC: yesterday's partition for every asset.",
 )
+def ingest_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    """One run request per asset for the day that ended before the tick."""
+    day = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
+    return [
+        dg.RunRequest(
+            run_key=f"{asset}|{day}",
+            partition_key=dg.MultiPartitionKey({"asset": asset, "date": day}),
+        )
+        for asset in asset_partitions.get_partition_keys()
+    ]

@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 
 import dagster as dg
+import pytest
 
 from carry_pipeline.definitions import defs
 from carry_pipeline.defs.ingestion.partitions import configured_assets
@@ -32,10 +33,13 @@ def test_raw_assets_share_the_exchange_pool_and_raw_schema() -> None:
         assert node.pools == {"exchange_api"}
 
 
+# Dagster itself tags multi-partition runs "dagster/partition/<dimension>" and then warns about them.
+@pytest.mark.filterwarnings("ignore:Non-compliant tag keys:DeprecationWarning")
 def test_ingest_schedule_requests_yesterday_for_every_asset() -> None:
     schedule = defs.resolve_schedule_def("ingest_schedule")
     context = dg.build_schedule_context(
-        scheduled_execution_time=datetime(2024, 3, 5, 0, 30, tzinfo=UTC)
+        repository_def=defs.get_repository_def(),
+        scheduled_execution_time=datetime(2024, 3, 5, 0, 30, tzinfo=UTC),
     )
     requests = list(schedule.evaluate_tick(context).run_requests or [])
     keys = sorted(r.partition_key for r in requests)
