@@ -33,7 +33,7 @@ def test_raw_assets_share_the_exchange_pool_and_raw_schema() -> None:
         assert node.pools == {"exchange_api"}
 
 
-# Dagster itself tags multi-partition runs "dagster/partition/<dimension>" and then warns about them.
+# Dagster tags multi-partition runs "dagster/partition/<dimension>" itself, then warns about it.
 @pytest.mark.filterwarnings("ignore:Non-compliant tag keys:DeprecationWarning")
 def test_ingest_schedule_requests_yesterday_for_every_asset() -> None:
     schedule = defs.resolve_schedule_def("ingest_schedule")
