@@ -18,6 +18,7 @@ from dagster import AssetExecutionContext
 
 from carry_pipeline.defs.features.resources import FeatureSettings
 from carry_pipeline.defs.ingestion.resources import ExchangeResource
+from carry_pipeline.lib.exchanges import PermanentExchangeError
 from carry_pipeline.lib.features.bars import build_market_bars
 from carry_pipeline.lib.features.carry import build_carry_features
 from carry_pipeline.lib.features.sentiment import build_sentiment_windows, load_sentiment
@@ -136,7 +137,10 @@ def sentiment_scores(
     # Sources take whole-minute windows, end exclusive: one minute past the last bar includes it.
     end = last + timedelta(minutes=1)
     if feature_settings.sentiment_source == "exchange":
-        client = exchange.client()
+        try:
+            client = exchange.client()
+        except PermanentExchangeError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
         fetch = getattr(client, "fetch_sentiment", None)
         if fetch is None:
             raise dg.Failure(

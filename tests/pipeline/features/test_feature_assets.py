@@ -160,17 +160,43 @@ def test_features_and_checks_called_directly(raw: dict[str, pl.DataFrame]) -> No
     assert not failed.passed and "f_rsi_bar" in (failed.description or "")
 
 
-def test_exchange_without_sentiment_fails_clearly() -> None:
-    settings = FeatureSettings()
+def test_exchange_without_sentiment_fails_clearly(tmp_path: Path) -> None:
     bars = pl.DataFrame({"ts": [datetime(2024, 1, 2, tzinfo=UTC)]})
-    replay = ExchangeResource(kind="replay", replay_path="/nonexistent")
-    with pytest.raises(Exception, match="replay|sentiment"):
+    context = dg.build_asset_context()
+    # The replay exchange serves no sentiment index: say so and point at the other sources.
+    replay = ExchangeResource(kind="replay", replay_path=str(tmp_path))
+    with pytest.raises(dg.Failure, match="serves no sentiment index; set") as info:
         sentiment_scores(
-            context=dg.build_asset_context(),
-            feature_settings=settings,
-            exchange=replay,
-            market_bars=bars,
+            context=context, feature_settings=FeatureSettings(), exchange=replay, market_bars=bars
         )
+    assert info.value.allow_retries is False
+    # A misconfigured exchange fails at once too.
+    missing = ExchangeResource(kind="replay", replay_path=str(tmp_path / "absent"))
+    with pytest.raises(dg.Failure, match="does not exist"):
+        sentiment_scores(
+            context=context, feature_settings=FeatureSettings(), exchange=missing, market_bars=bars
+        )
+
+
+def test_sentiment_from_a_file_source(tmp_path: Path) -> None:
+    path = tmp_path / "fng.csv"
+    path.write_text("timestamp,value\n2024-01-01,20\n2024-01-02,80\n")
+    settings = FeatureSettings(
+        sentiment_source="file",
+        sentiment_path=str(path),
+        sentiment_score_column="value",
+        sentiment_score_range=[0.0, 100.0],
+        sentiment_publication_lag="1h",
+    )
+    bars = pl.DataFrame({"ts": [datetime(2024, 1, 3, tzinfo=UTC)]})
+    out = sentiment_scores(
+        context=dg.build_asset_context(),
+        feature_settings=settings,
+        exchange=ExchangeResource(),
+        market_bars=bars,
+    ).value
+    assert out["score"].to_list() == pytest.approx([-0.6, 0.6])
+    assert out["published_at"][0] == datetime(2024, 1, 1, 1, tzinfo=UTC)
 
 
 @pytest.mark.slow
