@@ -95,7 +95,6 @@ def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType], *, table: str) 
     missing = [c for c in schema if c not in frame.columns]
     if missing:
         raise ValueError(
-            f"{table}: columns {missing} are missing (got {frame.columns}); "
-            f"expected {list(schema)}"
+            f"{table}: columns {missing} are missing (got {frame.columns}); expected {list(schema)}"
         )
     return frame.select([pl.col(c).cast(t, strict=True) for c, t in schema.items()])

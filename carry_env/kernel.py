@@ -1,0 +1,1012 @@
+"""The accounting kernel: one numba implementation of every cash flow, serving the single and the
+batched env.
+
+A step of env `b` is three phases, each a function over one env so the fused sim kernel and the
+split path (an
+injected executor between planning and applying) run the same code:
+
+1. `plan_env`: target positions from the action (leverage clamp, reverse-carry flag, halts,
+   rebalance band)
+   -> signed order quantities per leg.
+2. `sim_fill_env`: the simulated executor: full fills at mid, charged fees, half-spread, depth
+   impact and tick.
+3. `apply_env`: book fills, move the clock one bar, mark to market, settle funding, accrue borrow,
+   check margin
+   and liquidate, compute the reward, write info and the next observation.
+
+Accounting (all in quote currency): `equity = cash + sum(spot_qty * spot_price) + sum(collateral)`.
+Perp
+variation margin and funding are booked to the isolated collateral (unified mode: to cash), so every
+step
+`equity[t+1] - equity[t] == funding + price_pnl - fees - slippage - borrow - liquidation_loss` holds
+exactly.
+
+State and outputs are arrays indexed by the constants below; the `CarryTradeEnv` docstring documents
+them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numba as nb
+import numpy as np
+
+from carry_env.config import (
+    C_ALLOW_REVERSE,
+    C_ANOMALIES,
+    C_BAND,
+    C_BAR_YEARS,
+    C_BORROW,
+    C_DD_LIMIT,
+    C_DD_PENALTY,
+    C_DD_THRESHOLD,
+    C_FEES,
+    C_FLASH_BASIS,
+    C_FLASH_DECAY,
+    C_FLASH_DEPTH,
+    C_FLASH_SIZE,
+    C_FUNDING,
+    C_HALT_STEPS,
+    C_INITIAL_CASH,
+    C_LEVERAGE_CAP,
+    C_LIQ_FEE,
+    C_LIQ_HAIRCUT,
+    C_LIQ_PENALTY,
+    C_MAKER_FRACTION,
+    C_MARGIN,
+    C_MIN_ORDER,
+    C_MMR,
+    C_OUTAGE_STEPS,
+    C_P_FLASH,
+    C_P_HALT,
+    C_P_OUTAGE,
+    C_P_SPIKE,
+    C_PERP_LEVERAGE,
+    C_PERP_MAKER,
+    C_PERP_TAKER,
+    C_REWARD_SCALE,
+    C_SLIP_K,
+    C_SLIP_MODEL,
+    C_SLIPPAGE,
+    C_SPIKE_BPS,
+    C_SPOT_BORROW,
+    C_SPOT_HAIRCUT,
+    C_SPOT_MAKER,
+    C_SPOT_MMR,
+    C_SPOT_TAKER,
+    C_SPREAD,
+    C_TICK_BPS,
+    C_TURNOVER_PENALTY,
+    C_UNIFIED,
+    C_USDT_BORROW,
+    C_VOL_DECAY,
+    C_VOL_PENALTY,
+)
+
+# OpenMP's spin-waiting workers stall the Python thread between steps on small or busy machines
+# (measured on 2 cores: 5x fewer env-steps/s than the workqueue layer). A user's choice wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    nb.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+
+
+def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """numba.njit as every kernel function is compiled.
+
+    - `_nrt=False` (a private numba switch) turns reference counting off: nothing is allocated,
+      and the atomic increments on the shared state arrays cost 3x the step time serially and
+      serialise threads.
+    - `error_model="numpy"`: divisions are not checked for zero (the inputs are validated instead).
+    - `cache=True`: compiled once per machine, then loaded from `__pycache__`.
+    """
+    jit = nb.njit(cache=True, error_model="numpy", _nrt=False, **options)  # type: ignore[call-overload]
+    return jit  # type: ignore[no-any-return]
+
+
+# ---- market tensor channels: mkt[T, N, M_*] (built by carry_env.derive) ----
+M_SPOT = 0
+M_PERP = 1
+M_FUND = 2  # rate settled at this bar, NaN where none
+M_SDEPTH = 3
+M_PDEPTH = 4
+M_SPREAD = 5
+M_SENT = 6
+M_STALE = 7
+M_SPOT_SMA = 8  # log(spot / 1-day SMA)
+M_PERP_SMA = 9
+M_RET1H = 10  # log return over ~1 h
+M_RET4H = 11
+M_VOL = 12  # realised vol, annualised
+M_BARVOL = 13  # realised vol per bar
+M_MAXLEV = 14
+M_HRS_TO_FUND = 15
+M_LAST1 = 16  # last three settled rates as of this bar (0 before the first)
+M_LAST2 = 17
+M_LAST3 = 18
+M_LAG1H = 19  # bars in the 1 h / 4 h returns (constant per tensor; stored for the kernel)
+M_LAG4H = 20
+M_RET1 = 21  # 1-bar log return of spot (0 at the first bar)
+M_LOG_DEPTH = 22  # log10(min(spot depth, perp depth) / 1e6)
+N_MKT = 23
+
+# ---- per-env float state fs[B, F_*] ----
+F_CASH = 0
+F_EQUITY = 1
+F_PEAK = 2
+F_RET_VAR = 3
+F_FLASH_LEVEL = 4  # decay^age of the running flash event; 0 when none
+F_MARGIN_RATIO = 5
+N_FS = 6
+
+# ---- per-env, per-asset float state as_[B, N, A_*] ----
+A_SPOT = 0
+A_PERP = 1
+A_COLL = 2
+A_SPOT_AVG = 3
+A_PERP_AVG = 4
+A_FL_S = 5  # flash gap of spot (signed fraction) at the event's trough
+A_FL_P = 6
+A_R1 = 7  # last three settled funding rates as the env saw them (spikes included)
+A_R2 = 8
+A_R3 = 9
+A_DQ_S = 10  # planned order quantities of this step
+A_DQ_P = 11
+A_FQ_S = 12  # filled quantities (executor output)
+A_FQ_P = 13
+A_FEE = 14  # executor costs for this asset this step
+A_SPREAD_COST = 15
+A_IMPACT = 16
+A_PX_S = 17  # effective prices at the start of the step (after trading, before the clock moves)
+A_PX_P = 18
+A_MR = 19  # isolated margin ratio of the perp leg (inf when flat; unified: the account's ratio)
+N_AS = 20
+
+# ---- per-env int state is_[B, I_*] ----
+I_T = 0
+I_END = 1
+I_HALT = 2  # bars of halt left, including the current one
+I_OUTAGE = 3
+I_FLASH_AGE = 4
+I_KEY = 5  # per-episode key of the counter-based anomaly RNG
+I_CLAMPED = 6  # planning clamped the action this step
+N_IS = 7
+
+# ---- info[B, K_*] (env-major: a [K, B] layout puts one env's writes 4 KiB apart and stalls on
+# aliasing) ----
+K_EQUITY = 0
+K_CASH = 1
+K_FUNDING = 2
+K_PRICE = 3
+K_FEES = 4
+K_SLIPPAGE = 5
+K_SPREAD_COST = 6
+K_IMPACT = 7
+K_BORROW = 8
+K_LIQ_LOSS = 9
+K_LIQUIDATED = 10
+K_MARGIN_RATIO = 11
+K_DRAWDOWN = 12
+K_LEVERAGE = 13
+K_HALTED = 14
+K_STALE = 15
+K_FLASH = 16
+K_SPIKE = 17
+K_CLAMPED = 18
+K_TURNOVER = 19
+K_UPNL = 20
+K_R_CARRY = 21
+K_R_BASIS = 22
+K_R_COSTS = 23
+K_R_RISK = 24
+K_BANKRUPT = 25
+K_DD_BREACH = 26
+K_MAX_LEVERAGE = 27
+N_INFO = 28
+INFO_NAMES = (
+    "equity",
+    "cash",
+    "funding_pnl",
+    "price_pnl",
+    "fees",
+    "slippage",
+    "spread_cost",
+    "impact_cost",
+    "borrow_cost",
+    "liquidation_loss",
+    "liquidated",
+    "margin_ratio",
+    "drawdown",
+    "leverage",
+    "halted",
+    "stale",
+    "flash_event",
+    "funding_spike",
+    "clamped",
+    "turnover",
+    "unrealised_pnl",
+    "reward_carry",
+    "reward_basis",
+    "reward_costs",
+    "risk_penalty",
+    "bankrupt",
+    "drawdown_breach",
+    "max_leverage",
+)
+
+# ---- observation layout ----
+OBS_ASSET_MARKET = 15
+OBS_ASSET_PORTFOLIO = 4
+OBS_GLOBAL = 11
+MARGIN_RATIO_CAP = 1.0e6
+OBS_LIMIT = 1.0e6
+"""Observations are clipped to +-OBS_LIMIT (user features or near-zero equity could exceed it)."""
+
+# Stream numbers of the anomaly RNG: 0 halt, 1 outage, 2 flash start, 3 flash direction, then per
+# asset.
+_S_FLASH = 1_000
+_S_SPIKE = 100_000
+
+_U64_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_U64_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_U64_MIX2 = np.uint64(0x94D049BB133111EB)
+_U64_STREAM = np.uint64(0xD1B54A32D192ED03)
+
+
+@_jit(inline="always")
+def uniform(key: int, t: int, stream: int) -> float:
+    """Counter-based uniform in [0, 1): splitmix64 of (episode key, bar, stream); stateless and
+    reproducible."""
+    z = np.uint64(key) + np.uint64(t + 1) * _U64_GOLDEN + np.uint64(stream + 1) * _U64_STREAM
+    z = (z ^ (z >> np.uint64(30))) * _U64_MIX1
+    z = (z ^ (z >> np.uint64(27))) * _U64_MIX2
+    z = z ^ (z >> np.uint64(31))
+    return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@_jit(inline="always")
+def leg_costs(
+    notional: float,
+    depth: float,
+    spread_bps: float,
+    maker_fee: float,
+    taker_fee: float,
+    cfg: np.ndarray,
+) -> tuple[float, float, float]:
+    """(fee, half-spread cost, impact + tick cost) of trading `notional` on one leg.
+
+    The maker share pays the maker fee and no spread or impact; the taker share pays the taker fee,
+    half the
+    spread, impact `k * x / depth` (linear) or `k * sqrt(x / depth)` (sqrt) as a fraction of x, and
+    the tick.
+    """
+    if notional <= 0.0:
+        return 0.0, 0.0, 0.0
+    mf = cfg[C_MAKER_FRACTION]
+    taker = (1.0 - mf) * notional
+    fee = 0.0
+    if cfg[C_FEES] > 0.0:
+        fee = mf * notional * maker_fee + taker * taker_fee
+    spread_cost = 0.0
+    if cfg[C_SPREAD] > 0.0:
+        spread_cost = taker * spread_bps * 0.5e-4
+    impact = 0.0
+    if cfg[C_SLIPPAGE] > 0.0 and taker > 0.0:
+        if cfg[C_SLIP_MODEL] == 0.0:
+            frac = cfg[C_SLIP_K] * taker / depth
+        else:
+            frac = cfg[C_SLIP_K] * math.sqrt(taker / depth)
+        impact = taker * (frac + cfg[C_TICK_BPS])
+    return fee, spread_cost, impact
+
+
+@_jit(inline="always")
+def _bounded(x: float) -> float:
+    # Keeps the entries that are not bounded by construction (ratios to equity, user features) in
+    # the space.
+    return min(max(x, -OBS_LIMIT), OBS_LIMIT)
+
+
+@_jit(inline="always")
+def margin_buffer(ratio: float) -> float:
+    """`1 - 1 / margin_ratio` clipped to [-1, 1]: 0 on the liquidation line, near 1 when safe, 1
+    when flat.
+
+    A division instead of a logarithm keeps the observation cheap; it is steepest near liquidation,
+    where it
+    matters.
+    """
+    if ratio <= 0.5:
+        return -1.0
+    return min(1.0 - 1.0 / ratio, 1.0)
+
+
+@_jit(inline="always")
+def _avg_entry(q: float, avg: float, dq: float, px: float) -> float:
+    # Average entry price after trading dq at px: adds average in, reductions keep it, flips restart
+    # it.
+    nq = q + dq
+    if nq == 0.0:
+        return 0.0
+    if q == 0.0 or q * dq > 0.0:
+        return (q * avg + dq * px) / nq
+    if q * nq > 0.0:
+        return avg
+    return px
+
+
+@_jit(inline="always")
+def _shock(level: float, mag: float) -> float:
+    return 1.0 + mag * level
+
+
+@_jit(inline="always")
+def _lagged_level(level: float, age: int, lag: int, decay: float) -> float:
+    # Flash level `lag` bars ago: 0 before the event started.
+    if level <= 0.0 or age < lag:
+        return 0.0
+    return level / decay**lag
+
+
+@_jit(inline="always")
+def effective_prices(
+    b: int, i: int, t: int, mkt: np.ndarray, fs: np.ndarray, as_: np.ndarray, cfg: np.ndarray
+) -> tuple[float, float, float, float]:
+    """(spot, perp, spot depth, perp depth) of asset i at bar t as env b sees them, flash events
+    included."""
+    level = fs[b, F_FLASH_LEVEL]
+    s = mkt[t, i, M_SPOT]
+    p = mkt[t, i, M_PERP]
+    sd = mkt[t, i, M_SDEPTH]
+    pd = mkt[t, i, M_PDEPTH]
+    if level > 0.0:
+        s *= _shock(level, as_[b, i, A_FL_S])
+        p *= _shock(level, as_[b, i, A_FL_P])
+        thin = 1.0 - cfg[C_FLASH_DEPTH] * level
+        sd *= thin
+        pd *= thin
+    return s, p, sd, pd
+
+
+@_jit(inline="always")
+def equity_of(
+    b: int, t: int, mkt: np.ndarray, fs: np.ndarray, as_: np.ndarray, cfg: np.ndarray
+) -> float:
+    """Mark-to-market equity of env b at bar t: cash + spot holdings + perp collateral."""
+    e = fs[b, F_CASH]
+    for i in range(as_.shape[1]):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        e += as_[b, i, A_SPOT] * s + as_[b, i, A_COLL]
+    return e
+
+
+@_jit(inline="always")
+def _target_weight(a: float, cfg: np.ndarray) -> float:
+    # The action as planned: NaN (hold) passes through; otherwise clipped to [-1, 1], and negative
+    # values
+    # become 0 when reverse carry is disabled.
+    if math.isnan(a):
+        return a
+    a = min(max(a, -1.0), 1.0)
+    if a < 0.0 and cfg[C_ALLOW_REVERSE] == 0.0:
+        return 0.0
+    return a
+
+
+@_jit(inline="always")
+def plan_env(
+    b: int,
+    act: np.ndarray,
+    mkt: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+) -> None:
+    """Turn env b's action into signed order quantities `as_[b, :, A_DQ_S / A_DQ_P]`.
+
+    `act[b, i]` in [-1, 1] sets the hedged notional `size = a * equity * leverage_cap` (spot
+    `+size/2`, perp
+    `-size/2`); NaN means hold. The leverage budget `sum |size_i| / max_leverage_i <= equity` scales
+    all traded
+    assets down together when exceeded. Nothing trades while the venue is halted.
+    """
+    t = is_[b, I_T]
+    n = as_.shape[1]
+    is_[b, I_CLAMPED] = 0
+    for i in range(n):
+        as_[b, i, A_DQ_S] = 0.0
+        as_[b, i, A_DQ_P] = 0.0
+    equity = fs[b, F_EQUITY]
+    if is_[b, I_HALT] > 0 or equity <= 0.0:
+        return
+    cap = cfg[C_LEVERAGE_CAP]
+    used_hold = 0.0
+    used_active = 0.0
+    for i in range(n):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        a = _target_weight(act[b, i], cfg)
+        maxlev = mkt[t, i, M_MAXLEV]
+        if math.isnan(a):
+            gross = abs(as_[b, i, A_SPOT] * s) + abs(as_[b, i, A_PERP] * p)
+            used_hold += gross / maxlev
+        else:
+            used_active += abs(a) * equity * cap / maxlev
+    scale = 1.0
+    budget = equity - used_hold
+    if used_active > budget and used_active > 0.0:
+        scale = max(budget, 0.0) / used_active
+        is_[b, I_CLAMPED] = 1
+    threshold = max(cfg[C_MIN_ORDER], cfg[C_BAND] * equity)
+    for i in range(n):
+        a = _target_weight(act[b, i], cfg)
+        if math.isnan(a):
+            continue
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        half = 0.5 * a * scale * equity * cap
+        tgt_s = half / s
+        tgt_p = -half / p
+        dq_s = tgt_s - as_[b, i, A_SPOT]
+        dq_p = tgt_p - as_[b, i, A_PERP]
+        if abs(dq_s) * s >= threshold or (tgt_s == 0.0 and as_[b, i, A_SPOT] != 0.0):
+            as_[b, i, A_DQ_S] = dq_s
+        if abs(dq_p) * p >= threshold or (tgt_p == 0.0 and as_[b, i, A_PERP] != 0.0):
+            as_[b, i, A_DQ_P] = dq_p
+
+
+@_jit(inline="always")
+def sim_fill_env(
+    b: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray, is_: np.ndarray
+) -> None:
+    """Simulated executor for env b: every planned order fills in full at mid plus modelled
+    costs."""
+    t = is_[b, I_T]
+    for i in range(as_.shape[1]):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        spread = mkt[t, i, M_SPREAD]
+        dq_s = as_[b, i, A_DQ_S]
+        dq_p = as_[b, i, A_DQ_P]
+        f1, c1, m1 = leg_costs(abs(dq_s) * s, sd, spread, cfg[C_SPOT_MAKER], cfg[C_SPOT_TAKER], cfg)
+        f2, c2, m2 = leg_costs(abs(dq_p) * p, pd, spread, cfg[C_PERP_MAKER], cfg[C_PERP_TAKER], cfg)
+        as_[b, i, A_FQ_S] = dq_s
+        as_[b, i, A_FQ_P] = dq_p
+        as_[b, i, A_FEE] = f1 + f2
+        as_[b, i, A_SPREAD_COST] = c1 + c2
+        as_[b, i, A_IMPACT] = m1 + m2
+
+
+@_jit(inline="always")
+def _book_fills(
+    b: int,
+    t: int,
+    mkt: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    info: np.ndarray,
+) -> None:
+    # Fills move coins and cash at mid; costs leave cash. Collateral of a traded perp leg is reset
+    # to target.
+    unified = cfg[C_UNIFIED] > 0.0
+    fees = 0.0
+    spread_cost = 0.0
+    impact = 0.0
+    turnover = 0.0
+    for i in range(as_.shape[1]):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        dq_s = as_[b, i, A_FQ_S]
+        dq_p = as_[b, i, A_FQ_P]
+        if dq_s != 0.0:
+            as_[b, i, A_SPOT_AVG] = _avg_entry(as_[b, i, A_SPOT], as_[b, i, A_SPOT_AVG], dq_s, s)
+            as_[b, i, A_SPOT] += dq_s
+            fs[b, F_CASH] -= dq_s * s
+            turnover += abs(dq_s) * s
+        if dq_p != 0.0:
+            as_[b, i, A_PERP_AVG] = _avg_entry(as_[b, i, A_PERP], as_[b, i, A_PERP_AVG], dq_p, p)
+            as_[b, i, A_PERP] += dq_p
+            turnover += abs(dq_p) * p
+            if not unified:
+                target = abs(as_[b, i, A_PERP]) * p / cfg[C_PERP_LEVERAGE]
+                fs[b, F_CASH] -= target - as_[b, i, A_COLL]
+                as_[b, i, A_COLL] = target
+        cost = as_[b, i, A_FEE] + as_[b, i, A_SPREAD_COST] + as_[b, i, A_IMPACT]
+        fs[b, F_CASH] -= cost
+        fees += as_[b, i, A_FEE]
+        spread_cost += as_[b, i, A_SPREAD_COST]
+        impact += as_[b, i, A_IMPACT]
+    info[b, K_FEES] = fees
+    info[b, K_SPREAD_COST] = spread_cost
+    info[b, K_IMPACT] = impact
+    info[b, K_SLIPPAGE] = spread_cost + impact
+    info[b, K_TURNOVER] = turnover
+
+
+@_jit(inline="always")
+def _advance_anomalies(
+    b: int, t1: int, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray, is_: np.ndarray
+) -> None:
+    # Age running events and draw new ones for bar t1 from the counter-based RNG.
+    if is_[b, I_HALT] > 0:
+        is_[b, I_HALT] -= 1
+    if is_[b, I_OUTAGE] > 0:
+        is_[b, I_OUTAGE] -= 1
+    if fs[b, F_FLASH_LEVEL] > 0.0:
+        is_[b, I_FLASH_AGE] += 1
+        fs[b, F_FLASH_LEVEL] *= cfg[C_FLASH_DECAY]
+        if fs[b, F_FLASH_LEVEL] < 1e-3:
+            fs[b, F_FLASH_LEVEL] = 0.0
+            is_[b, I_FLASH_AGE] = 0
+    if cfg[C_ANOMALIES] == 0.0:
+        return
+    key = is_[b, I_KEY]
+    if is_[b, I_HALT] == 0 and uniform(key, t1, 0) < cfg[C_P_HALT]:
+        is_[b, I_HALT] = int(cfg[C_HALT_STEPS])
+    if is_[b, I_OUTAGE] == 0 and uniform(key, t1, 1) < cfg[C_P_OUTAGE]:
+        is_[b, I_OUTAGE] = int(cfg[C_OUTAGE_STEPS])
+    if fs[b, F_FLASH_LEVEL] == 0.0 and uniform(key, t1, 2) < cfg[C_P_FLASH]:
+        fs[b, F_FLASH_LEVEL] = 1.0
+        is_[b, I_FLASH_AGE] = 0
+        direction = -1.0 if uniform(key, t1, 3) < 0.7 else 1.0
+        for i in range(as_.shape[1]):
+            size = cfg[C_FLASH_SIZE] * (0.5 + uniform(key, t1, _S_FLASH + 2 * i))
+            overshoot = 1.0 + cfg[C_FLASH_BASIS] * uniform(key, t1, _S_FLASH + 2 * i + 1)
+            gap_s = direction * min(size, 0.9)
+            as_[b, i, A_FL_S] = gap_s
+            as_[b, i, A_FL_P] = direction * min(size * overshoot, 0.95)
+
+
+@_jit(inline="always")
+def _margin_ratios(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> float:
+    # Fills as_[b, i, A_MR] (isolated per-asset ratio, inf when flat) and returns the binding ratio
+    # of the account.
+    n = as_.shape[1]
+    cash = fs[b, F_CASH]
+    mmr = cfg[C_MMR]
+    smmr = cfg[C_SPOT_MMR]
+    worst = np.inf
+    if cfg[C_UNIFIED] > 0.0:
+        margin_eq = cash
+        req = smmr * max(-cash, 0.0)
+        for i in range(n):
+            s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+            q = as_[b, i, A_SPOT]
+            margin_eq += q * s * (1.0 - cfg[C_SPOT_HAIRCUT]) if q > 0.0 else q * s
+            margin_eq += as_[b, i, A_COLL]
+            req += mmr * abs(as_[b, i, A_PERP]) * p + smmr * max(-q, 0.0) * s
+            as_[b, i, A_MR] = np.inf
+        if req > 0.0:
+            worst = margin_eq / req
+        for i in range(n):
+            if as_[b, i, A_PERP] != 0.0:
+                as_[b, i, A_MR] = worst
+        return worst
+    spot_eq = cash
+    liab = max(-cash, 0.0)
+    for i in range(n):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        q = as_[b, i, A_SPOT]
+        spot_eq += q * s
+        liab += max(-q, 0.0) * s
+        notional = abs(as_[b, i, A_PERP]) * p
+        if notional > 0.0:
+            as_[b, i, A_MR] = as_[b, i, A_COLL] / (mmr * notional)
+            worst = min(worst, as_[b, i, A_MR])
+        else:
+            as_[b, i, A_MR] = np.inf
+    if liab > 0.0:
+        worst = min(worst, spot_eq / (smmr * liab))
+    return worst
+
+
+@_jit(inline="always")
+def _liquidate(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> float:
+    # Close every leg at a haircut; liquidated perps also pay the liquidation fee. In isolated mode
+    # a perp's
+    # loss stops at its collateral (the insurance fund takes the rest). Returns the liquidation
+    # loss.
+    h = cfg[C_LIQ_HAIRCUT]
+    isolated = cfg[C_UNIFIED] == 0.0
+    loss = 0.0
+    for i in range(as_.shape[1]):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        q = as_[b, i, A_SPOT]
+        cost_s = abs(q) * s * h
+        fs[b, F_CASH] += q * s - cost_s
+        notional = abs(as_[b, i, A_PERP]) * p
+        cost_p = notional * h
+        if as_[b, i, A_MR] < 1.0:
+            cost_p += notional * cfg[C_LIQ_FEE]
+        absorbed = 0.0
+        if isolated:
+            rest = as_[b, i, A_COLL] - cost_p
+            if rest < 0.0:
+                absorbed = -rest
+                rest = 0.0
+            fs[b, F_CASH] += rest
+        else:
+            fs[b, F_CASH] += as_[b, i, A_COLL] - cost_p
+        loss += cost_s + cost_p - absorbed
+        as_[b, i, A_SPOT] = 0.0
+        as_[b, i, A_PERP] = 0.0
+        as_[b, i, A_COLL] = 0.0
+        as_[b, i, A_SPOT_AVG] = 0.0
+        as_[b, i, A_PERP_AVG] = 0.0
+    return loss
+
+
+@_jit(inline="always")
+def apply_env(
+    b: int,
+    mkt: np.ndarray,
+    tfeat: np.ndarray,
+    feats: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+    ctx: np.ndarray,
+    obs: np.ndarray,
+    rew: np.ndarray,
+    term: np.ndarray,
+    trunc: np.ndarray,
+    info: np.ndarray,
+) -> None:
+    """Book env b's fills, advance one bar and settle it; write reward, flags, info and the next
+    observation."""
+    t = is_[b, I_T]
+    n = as_.shape[1]
+    e0 = fs[b, F_EQUITY]
+    info[b, K_CLAMPED] = float(is_[b, I_CLAMPED])
+    _book_fills(b, t, mkt, cfg, fs, as_, info)
+    unified = cfg[C_UNIFIED] > 0.0
+    # Prices at t, before the clock moves (the flash state is still that of bar t).
+    for i in range(n):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        as_[b, i, A_PX_S] = s
+        as_[b, i, A_PX_P] = p
+    t1 = t + 1
+    _advance_anomalies(b, t1, cfg, fs, as_, is_)
+    price_pnl = 0.0
+    funding_pnl = 0.0
+    borrow = 0.0
+    spike = 0.0
+    dt = cfg[C_BAR_YEARS]
+    for i in range(n):
+        s0 = as_[b, i, A_PX_S]
+        p0 = as_[b, i, A_PX_P]
+        s1, p1, sd, pd = effective_prices(b, i, t1, mkt, fs, as_, cfg)
+        qs = as_[b, i, A_SPOT]
+        qp = as_[b, i, A_PERP]
+        var_perp = qp * (p1 - p0)
+        price_pnl += qs * (s1 - s0) + var_perp
+        rate = mkt[t1, i, M_FUND]
+        fund = 0.0
+        if not math.isnan(rate):
+            key = is_[b, I_KEY]
+            if cfg[C_ANOMALIES] > 0.0 and uniform(key, t1, _S_SPIKE + 3 * i) < cfg[C_P_SPIKE]:
+                sign = -1.0 if uniform(key, t1, _S_SPIKE + 3 * i + 1) < 0.5 else 1.0
+                rate = (
+                    sign * cfg[C_SPIKE_BPS] * (0.5 + 0.5 * uniform(key, t1, _S_SPIKE + 3 * i + 2))
+                )
+                spike = 1.0
+            as_[b, i, A_R3] = as_[b, i, A_R2]
+            as_[b, i, A_R2] = as_[b, i, A_R1]
+            as_[b, i, A_R1] = rate
+            if cfg[C_FUNDING] > 0.0:
+                fund = -qp * p1 * rate
+        funding_pnl += fund
+        if unified:
+            fs[b, F_CASH] += var_perp + fund
+        else:
+            as_[b, i, A_COLL] += var_perp + fund
+        if cfg[C_BORROW] > 0.0 and qs < 0.0:
+            borrow += -qs * s0 * cfg[C_SPOT_BORROW] * dt
+    if cfg[C_BORROW] > 0.0 and fs[b, F_CASH] < 0.0:
+        borrow += -fs[b, F_CASH] * cfg[C_USDT_BORROW] * dt
+    fs[b, F_CASH] -= borrow
+    halted1 = is_[b, I_HALT] > 0
+    info[b, K_HALTED] = 1.0 if halted1 else 0.0
+    ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
+    liq_loss = 0.0
+    liquidated = False
+    if cfg[C_MARGIN] > 0.0 and not halted1 and ratio < 1.0:
+        liq_loss = _liquidate(b, t1, mkt, cfg, fs, as_)
+        liquidated = True
+        ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
+    e1 = equity_of(b, t1, mkt, fs, as_, cfg)
+    fs[b, F_EQUITY] = e1
+    fs[b, F_MARGIN_RATIO] = min(ratio, MARGIN_RATIO_CAP)
+    if e1 > fs[b, F_PEAK]:
+        fs[b, F_PEAK] = e1
+    dd = 1.0 - e1 / fs[b, F_PEAK] if fs[b, F_PEAK] > 0.0 else 1.0
+    is_[b, I_T] = t1
+    # Reward in fractions of the equity at the start of the step.
+    denom = e0 if e0 > 0.0 else 1.0
+    r_carry = funding_pnl / denom
+    r_basis = price_pnl / denom
+    costs = info[b, K_FEES] + info[b, K_SLIPPAGE] + borrow + liq_loss
+    r_costs = costs / denom
+    ret = (e1 - e0) / denom
+    decay = cfg[C_VOL_DECAY]
+    fs[b, F_RET_VAR] = decay * fs[b, F_RET_VAR] + (1.0 - decay) * ret * ret
+    risk = cfg[C_DD_PENALTY] * max(0.0, dd - cfg[C_DD_THRESHOLD])
+    risk += cfg[C_VOL_PENALTY] * math.sqrt(fs[b, F_RET_VAR])
+    risk += cfg[C_TURNOVER_PENALTY] * info[b, K_TURNOVER] / denom
+    if liquidated:
+        risk += cfg[C_LIQ_PENALTY]
+    rew[b] = cfg[C_REWARD_SCALE] * (r_carry + r_basis - r_costs - risk)
+    bankrupt = e1 <= 0.0
+    breach = cfg[C_DD_LIMIT] > 0.0 and dd > cfg[C_DD_LIMIT]
+    term[b] = liquidated or bankrupt or breach
+    trunc[b] = (not term[b]) and t1 >= is_[b, I_END]
+    info[b, K_EQUITY] = e1
+    info[b, K_CASH] = fs[b, F_CASH]
+    info[b, K_FUNDING] = funding_pnl
+    info[b, K_PRICE] = price_pnl
+    info[b, K_BORROW] = borrow
+    info[b, K_LIQ_LOSS] = liq_loss
+    info[b, K_LIQUIDATED] = 1.0 if liquidated else 0.0
+    info[b, K_MARGIN_RATIO] = fs[b, F_MARGIN_RATIO]
+    info[b, K_DRAWDOWN] = dd
+    info[b, K_STALE] = 1.0 if is_[b, I_OUTAGE] > 0 else 0.0
+    info[b, K_FLASH] = 1.0 if fs[b, F_FLASH_LEVEL] > 0.0 else 0.0
+    info[b, K_SPIKE] = spike
+    info[b, K_R_CARRY] = r_carry * cfg[C_REWARD_SCALE]
+    info[b, K_R_BASIS] = r_basis * cfg[C_REWARD_SCALE]
+    info[b, K_R_COSTS] = r_costs * cfg[C_REWARD_SCALE]
+    info[b, K_R_RISK] = risk * cfg[C_REWARD_SCALE]
+    info[b, K_BANKRUPT] = 1.0 if bankrupt else 0.0
+    info[b, K_DD_BREACH] = 1.0 if breach else 0.0
+    write_obs(b, False, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, info)
+
+
+@_jit(inline="always")
+def write_obs(
+    b: int,
+    force_market: bool,
+    mkt: np.ndarray,
+    tfeat: np.ndarray,
+    feats: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+    ctx: np.ndarray,
+    obs: np.ndarray,
+    info: np.ndarray,
+) -> None:
+    """Write env b's observation at its current bar (layout: `CarryTradeEnv` docstring) and
+    portfolio info.
+
+    Entries that are not bounded by construction are clipped to +-OBS_LIMIT.
+
+    `as_[b, :, A_MR]` holds the per-asset margin ratios at this bar (from `_margin_ratios`).
+
+    During a feed outage the market block of each asset keeps its last values (only its stale bit is
+    set),
+    unless `force_market` (a reset) asks for fresh values.
+    """
+    t = is_[b, I_T]
+    n = as_.shape[1]
+    nf = feats.shape[2]
+    per_asset = OBS_ASSET_MARKET + OBS_ASSET_PORTFOLIO + nf
+    equity = fs[b, F_EQUITY]
+    e = max(equity, 1e-6 * cfg[C_INITIAL_CASH])
+    outage = is_[b, I_OUTAGE] > 0 and not force_market
+    level = fs[b, F_FLASH_LEVEL]
+    decay = cfg[C_FLASH_DECAY]
+    age = is_[b, I_FLASH_AGE]
+    lag1 = int(mkt[0, 0, M_LAG1H])
+    lag4 = int(mkt[0, 0, M_LAG4H])
+    gross = 0.0
+    upnl = 0.0
+    maxlev = np.inf
+    for i in range(n):
+        o = i * per_asset
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        maxlev = min(maxlev, mkt[t, i, M_MAXLEV])
+        qs = as_[b, i, A_SPOT]
+        qp = as_[b, i, A_PERP]
+        if not outage:
+            ls = 0.0
+            lp = 0.0
+            ls1 = 0.0
+            ls4 = 0.0
+            ls_prev = 0.0
+            log_depth = mkt[t, i, M_LOG_DEPTH]
+            if level > 0.0:  # a flash event shifts price levels, returns and depth
+                ls = math.log(_shock(level, as_[b, i, A_FL_S]))
+                lp = math.log(_shock(level, as_[b, i, A_FL_P]))
+                ls1 = math.log(_shock(_lagged_level(level, age, lag1, decay), as_[b, i, A_FL_S]))
+                ls4 = math.log(_shock(_lagged_level(level, age, lag4, decay), as_[b, i, A_FL_S]))
+                ls_prev = math.log(_shock(_lagged_level(level, age, 1, decay), as_[b, i, A_FL_S]))
+                log_depth += math.log10(max(1.0 - cfg[C_FLASH_DEPTH] * level, 1e-12))
+            ret1 = mkt[t, i, M_RET1] + ls - ls_prev
+            z = abs(ret1) / max(mkt[t, i, M_BARVOL], 1e-12)
+            obs[b, o + 0] = (mkt[t, i, M_SPOT_SMA] + ls) * 100.0
+            obs[b, o + 1] = (mkt[t, i, M_PERP_SMA] + lp) * 100.0
+            obs[b, o + 2] = (p / s - 1.0) * 1e3
+            obs[b, o + 3] = (mkt[t, i, M_RET1H] + ls - ls1) * 100.0
+            obs[b, o + 4] = (mkt[t, i, M_RET4H] + ls - ls4) * 100.0
+            obs[b, o + 5] = mkt[t, i, M_VOL]
+            obs[b, o + 6] = log_depth
+            obs[b, o + 7] = mkt[t, i, M_SPREAD]
+            obs[b, o + 8] = as_[b, i, A_R1] * 1e4
+            obs[b, o + 9] = (as_[b, i, A_R1] + as_[b, i, A_R2] + as_[b, i, A_R3]) * (1e4 / 3.0)
+            obs[b, o + 10] = mkt[t, i, M_HRS_TO_FUND] / 8.0
+            obs[b, o + 11] = mkt[t, i, M_MAXLEV]
+            obs[b, o + 12] = mkt[t, i, M_SENT]
+            obs[b, o + 13] = mkt[t, i, M_STALE]
+            obs[b, o + 14] = min(z, 50.0) / 10.0
+        else:
+            obs[b, o + 13] = 1.0
+        obs[b, o + 15] = _bounded(qs * s / e)
+        obs[b, o + 16] = _bounded(qp * p / e)
+        obs[b, o + 17] = _bounded((qs * s + qp * p) / e)
+        obs[b, o + 18] = margin_buffer(as_[b, i, A_MR])
+        for k in range(nf):
+            obs[b, o + OBS_ASSET_MARKET + OBS_ASSET_PORTFOLIO + k] = _bounded(feats[t, i, k])
+        gross += abs(qs * s) + abs(qp * p)
+        if qs != 0.0:
+            upnl += qs * (s - as_[b, i, A_SPOT_AVG])
+        if qp != 0.0:
+            upnl += qp * (p - as_[b, i, A_PERP_AVG])
+    g = n * per_asset
+    mr = fs[b, F_MARGIN_RATIO]
+    dd = 1.0 - equity / fs[b, F_PEAK] if fs[b, F_PEAK] > 0.0 else 1.0
+    obs[b, g + 0] = _bounded(fs[b, F_CASH] / e)
+    obs[b, g + 1] = _bounded(equity / cfg[C_INITIAL_CASH] - 1.0)
+    obs[b, g + 2] = _bounded(upnl / e)
+    obs[b, g + 3] = dd
+    obs[b, g + 4] = margin_buffer(mr)
+    obs[b, g + 5] = _bounded(gross / e)
+    obs[b, g + 6] = tfeat[t, 0]
+    obs[b, g + 7] = tfeat[t, 1]
+    obs[b, g + 8] = tfeat[t, 2]
+    obs[b, g + 9] = tfeat[t, 3]
+    obs[b, g + 10] = 1.0 if is_[b, I_HALT] > 0 else 0.0
+    for k in range(ctx.shape[1]):
+        obs[b, g + OBS_GLOBAL + k] = ctx[b, k]
+    info[b, K_LEVERAGE] = gross / e
+    info[b, K_UPNL] = upnl
+    info[b, K_MAX_LEVERAGE] = maxlev
+
+
+@_jit()
+def _step_serial(
+    envs: np.ndarray,
+    act: np.ndarray,
+    mkt: np.ndarray,
+    tfeat: np.ndarray,
+    feats: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+    ctx: np.ndarray,
+    obs: np.ndarray,
+    rew: np.ndarray,
+    term: np.ndarray,
+    trunc: np.ndarray,
+    info: np.ndarray,
+) -> None:
+    for j in range(envs.shape[0]):
+        b = envs[j]
+        if is_[b, I_T] >= is_[b, I_END]:
+            continue  # episode over: the env waits for a reset
+        plan_env(b, act, mkt, cfg, fs, as_, is_)
+        sim_fill_env(b, mkt, cfg, fs, as_, is_)
+        apply_env(b, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, rew, term, trunc, info)
+
+
+@_jit(parallel=True)
+def _step_parallel(
+    envs: np.ndarray,
+    act: np.ndarray,
+    mkt: np.ndarray,
+    tfeat: np.ndarray,
+    feats: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+    ctx: np.ndarray,
+    obs: np.ndarray,
+    rew: np.ndarray,
+    term: np.ndarray,
+    trunc: np.ndarray,
+    info: np.ndarray,
+) -> None:
+    n_chunks = min(envs.shape[0], 64)
+    per = (envs.shape[0] + n_chunks - 1) // n_chunks
+    for c in nb.prange(n_chunks):
+        for j in range(c * per, min((c + 1) * per, envs.shape[0])):
+            b = envs[j]
+            if is_[b, I_T] >= is_[b, I_END]:
+                continue  # episode over: the env waits for a reset
+            plan_env(b, act, mkt, cfg, fs, as_, is_)
+            sim_fill_env(b, mkt, cfg, fs, as_, is_)
+            apply_env(b, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, rew, term, trunc, info)
+
+
+@_jit()
+def plan_batch(
+    envs: np.ndarray,
+    act: np.ndarray,
+    mkt: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+) -> None:
+    """Phase 1 of the split path: orders for the listed envs."""
+    for j in range(envs.shape[0]):
+        if is_[envs[j], I_T] < is_[envs[j], I_END]:
+            plan_env(envs[j], act, mkt, cfg, fs, as_, is_)
+
+
+@_jit()
+def sim_fill_batch(
+    envs: np.ndarray,
+    mkt: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+) -> None:
+    """Phase 2 of the split path, simulated: fills and costs for the listed envs."""
+    for j in range(envs.shape[0]):
+        sim_fill_env(envs[j], mkt, cfg, fs, as_, is_)
+
+
+@_jit()
+def apply_batch(
+    envs: np.ndarray,
+    mkt: np.ndarray,
+    tfeat: np.ndarray,
+    feats: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+    ctx: np.ndarray,
+    obs: np.ndarray,
+    rew: np.ndarray,
+    term: np.ndarray,
+    trunc: np.ndarray,
+    info: np.ndarray,
+) -> None:
+    """Phase 3 of the split path: book fills and advance the listed envs."""
+    for j in range(envs.shape[0]):
+        if is_[envs[j], I_T] >= is_[envs[j], I_END]:
+            continue
+        apply_env(envs[j], mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, rew, term, trunc, info)
+
+
+@_jit()
+def reset_obs_batch(
+    envs: np.ndarray,
+    mkt: np.ndarray,
+    tfeat: np.ndarray,
+    feats: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+    ctx: np.ndarray,
+    obs: np.ndarray,
+    info: np.ndarray,
+) -> None:
+    """Write the first observation of freshly reset envs (state already initialised)."""
+    for j in range(envs.shape[0]):
+        b = envs[j]
+        fs[b, F_MARGIN_RATIO] = min(
+            _margin_ratios(b, is_[b, I_T], mkt, cfg, fs, as_), MARGIN_RATIO_CAP
+        )
+        write_obs(b, True, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, info)

@@ -1,0 +1,238 @@
+"""Batched carry-trade envs: B accounts stepped by one numba call, for gymnasium and for
+stable-baselines3.
+
+`CarryTradeVectorEnv` is a gymnasium `VectorEnv` with same-step autoreset (a finished env is reset
+inside the
+step that ended it; its last observation and info are in `infos["final_obs"]` /
+`infos["final_info"]`).
+`SB3VecEnv` adapts it to stable-baselines3's `VecEnv` (`terminal_observation`,
+`TimeLimit.truncated`).
+Env i seeded with `seed + i` behaves exactly as a `CarryTradeEnv` reset with `seed + i`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from stable_baselines3.common.vec_env import VecEnv
+
+from carry_env import kernel as k
+from carry_env.config import EnvConfig
+from carry_env.engine import Engine
+from carry_env.market import MarketData
+
+PARALLEL_MIN_ENVS = 256
+"""From this batch size on, the kernel spreads envs over all cores (numba prange)."""
+
+
+class CarryTradeVectorEnv(VectorEnv):
+    """`num_envs` independent carry-trade accounts over one market, stepped together.
+
+    Observation, action, reward and episode semantics are those of `CarryTradeEnv` (see its
+    docstring). `infos`
+    is a dict of `[num_envs]` arrays (one per `CarryTradeEnv` info key,
+    `spot_qty`/`perp_qty`/`collateral` as
+    `[num_envs, N]`), each with its `_key` mask as gymnasium's vector API expects.
+
+    Args:
+        market: `MarketData` or a market frame.
+        config: shared `EnvConfig`.
+        num_envs: batch size B.
+        parallel: spread the kernel over cores; default when `num_envs >= PARALLEL_MIN_ENVS`.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(
+        self,
+        market: MarketData | Any,
+        config: EnvConfig | None = None,
+        num_envs: int = 1,
+        *,
+        parallel: bool | None = None,
+    ) -> None:
+        data = market if isinstance(market, MarketData) else MarketData.from_frame(market)
+        self.config = config if config is not None else EnvConfig()
+        use_parallel = num_envs >= PARALLEL_MIN_ENVS if parallel is None else parallel
+        self.engine = Engine(data, self.config, num_envs, parallel=use_parallel)
+        self.market = self.engine.market
+        self.num_envs = num_envs
+        n = self.market.n_symbols
+        self.single_action_space = spaces.Box(-1.0, 1.0, shape=(n,), dtype=np.float32)
+        self.single_observation_space = spaces.Box(
+            -k.OBS_LIMIT, k.OBS_LIMIT, shape=(self.engine.obs_dim,), dtype=np.float32
+        )
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.observation_names = self.engine.names
+        self.render_mode = None
+        self._rngs: list[np.random.Generator] = [seeding.np_random()[0] for _ in range(num_envs)]
+        self._mask = np.ones(num_envs, dtype=np.bool_)
+        self._mask.flags.writeable = False
+        self._masks = {"_" + key: self._mask for key in _INFO_KEYS}
+        self._needs_reset = True
+
+    def reset(
+        self,
+        *,
+        seed: int | Sequence[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset all envs (or those in `options["reset_mask"]`); env i is seeded with `seed + i`."""
+        seeds = _env_seeds(seed, self.num_envs)
+        opts = dict(options or {})
+        mask = np.asarray(opts.pop("reset_mask", self._mask), dtype=np.bool_)
+        for b in np.flatnonzero(mask):
+            if seeds[b] is not None:
+                self._rngs[b] = seeding.np_random(seeds[b])[0]
+            self.engine.reset_env(int(b), self._rngs[b], opts)
+        self._needs_reset = False
+        return self.engine.obs.copy(), self._infos()
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step every env; finished envs are reset in the same call."""
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step()")
+        eng = self.engine
+        eng.act[:] = actions
+        eng.step()
+        infos = self._infos()
+        terminated = eng.term.copy()
+        truncated = eng.trunc.copy()
+        done = terminated | truncated
+        if done.any():
+            idx = np.flatnonzero(done)
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            for b in idx:
+                final_obs[b] = eng.obs[b].copy()
+            infos["final_obs"] = final_obs
+            infos["_final_obs"] = done
+            infos["final_info"] = {
+                key: value for key, value in infos.items() if not key.startswith(("_", "final"))
+            }
+            infos["_final_info"] = done
+            for b in idx:
+                self.engine.reset_env(int(b), self._rngs[b], None)
+            infos = {
+                **infos,
+                **{key: v for key, v in self._infos().items() if not key.startswith("_")},
+            }
+        return eng.obs.copy(), eng.rew.copy(), terminated, truncated, infos
+
+    def set_expert_context(self, values: np.ndarray) -> None:
+        """Fill the expert-context slot of every env (`[num_envs, expert_context_dim]`)."""
+        v = np.asarray(values, dtype=np.float32)
+        expected = (self.num_envs, self.config.expert_context_dim)
+        if v.shape != expected:
+            raise ValueError(f"expert context has shape {v.shape}; expected {expected}")
+        self.engine.ctx[:] = v
+
+    def _infos(self) -> dict[str, Any]:
+        eng = self.engine
+        rows = eng.info.copy()  # one contiguous copy; every key is a column view of it
+        infos: dict[str, Any] = dict(zip(k.INFO_NAMES, rows.T, strict=True))
+        infos.update(zip(_FLAG_NAMES, (rows[:, _FLAG_INDEX] != 0.0).T, strict=True))
+        legs = eng.as_[:, :, k.A_SPOT : k.A_COLL + 1].copy()
+        infos["spot_qty"] = legs[:, :, 0]
+        infos["perp_qty"] = legs[:, :, 1]
+        infos["collateral"] = legs[:, :, 2]
+        infos.update(self._masks)
+        return infos
+
+
+_FLAG_NAMES = (
+    "liquidated",
+    "halted",
+    "stale",
+    "flash_event",
+    "funding_spike",
+    "clamped",
+    "bankrupt",
+    "drawdown_breach",
+)
+_FLAG_INDEX = np.array([k.INFO_NAMES.index(f) for f in _FLAG_NAMES])
+_INFO_KEYS = (*k.INFO_NAMES, "spot_qty", "perp_qty", "collateral")
+
+
+def _env_seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
+    if seed is None:
+        return [None] * n
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + i for i in range(n)]
+    seeds = list(seed)
+    if len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} seeds for {n} envs")
+    return seeds
+
+
+class SB3VecEnv(VecEnv):
+    """stable-baselines3 `VecEnv` over a `CarryTradeVectorEnv` (no subprocesses: the batch is one
+    kernel call)."""
+
+    def __init__(self, venv: CarryTradeVectorEnv) -> None:
+        self.venv = venv
+        self.render_mode = None
+        super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
+        self._actions: np.ndarray | None = None
+
+    def reset(self) -> np.ndarray:
+        """Reset all envs with the seeds/options set through `seed()` / `set_options()`, if any."""
+        seeds = self._seeds if any(s is not None for s in self._seeds) else None
+        options = self._options[0] if self._options and self._options[0] else None
+        obs, _ = self.venv.reset(seed=seeds, options=options)
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Remember the actions for `step_wait`."""
+        self._actions = np.asarray(actions, dtype=np.float64).reshape(self.num_envs, -1)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Step the batch; done envs report `terminal_observation` and `TimeLimit.truncated`."""
+        if self._actions is None:
+            raise RuntimeError("step_async() must come before step_wait()")
+        obs, rew, term, trunc, infos = self.venv.step(self._actions)
+        dones = term | trunc
+        out: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        for b in np.flatnonzero(dones):
+            out[b] = {
+                "terminal_observation": infos["final_obs"][b],
+                "TimeLimit.truncated": bool(trunc[b] and not term[b]),
+                "equity": float(infos["final_info"]["equity"][b]),
+                "liquidated": bool(infos["final_info"]["liquidated"][b]),
+            }
+        return obs, rew.astype(np.float32), dones, out
+
+    def close(self) -> None:
+        """Nothing to release: there are no subprocesses."""
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        """The attribute of the shared vector env, once per selected index."""
+        return [getattr(self.venv, attr_name) for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        """Set an attribute on the shared vector env (all sub-envs share it)."""
+        setattr(self.venv, attr_name, value)
+
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any
+    ) -> list[Any]:
+        """Call a method of the shared vector env once per selected index."""
+        return [
+            getattr(self.venv, method_name)(*method_args, **method_kwargs)
+            for _ in self._get_indices(indices)
+        ]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: Any = None) -> list[bool]:
+        """Sub-envs are never wrapped."""
+        return [False for _ in self._get_indices(indices)]

@@ -1,0 +1,296 @@
+"""Hand-computed cash flows of the accounting kernel, one mechanism at a time.
+
+Common setup unless a case says otherwise: equity 100,000 USDT, leverage_cap 1.5, so `a = +1`
+targets a hedged
+notional of 150,000: 75,000 of spot (750 coins at 100) and -75,000 of perp (-750 contracts at 100);
+the isolated
+perp posts 75,000 / 3 = 25,000 of collateral. One bar is 15 minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from carry_env import CarryTradeDiscreteEnv, CarryTradeEnv, EnvConfig
+from carry_env.kernel import margin_buffer, uniform
+
+from .conftest import BAR_YEARS, FRICTIONLESS, make_frame
+
+FLAT = [100.0] * 6
+
+
+def _env(config: EnvConfig, spot=FLAT, perp=None, funding=None, **frame_kw) -> CarryTradeEnv:
+    env = CarryTradeEnv(make_frame(spot, perp, funding, **frame_kw), config)
+    env.reset(seed=0)
+    return env
+
+
+def _cfg(**changes) -> EnvConfig:
+    return dataclasses.replace(FRICTIONLESS, **changes)
+
+
+@pytest.mark.parametrize(
+    ("action", "rate", "expected"),
+    [
+        (1.0, 0.0001, 7.5),  # short 750 perps, +1 bp: shorts receive 750 * 100 * 0.0001
+        (1.0, -0.0002, -15.0),  # short 750 perps, -2 bp: shorts pay 750 * 100 * 0.0002
+        (-1.0, 0.0001, -7.5),  # reverse carry is long 750 perps: longs pay at +1 bp
+        (-1.0, -0.0003, 22.5),  # ... and receive at -3 bp
+        (0.5, 0.0001, 3.75),  # half size: 375 perps
+    ],
+)
+def test_funding_paid_at_settlement(action: float, rate: float, expected: float) -> None:
+    env = _env(FRICTIONLESS, funding=[None, rate, None, None, None, None])
+    _, _, _, _, info = env.step(np.array([action]))
+    assert info["funding_pnl"] == pytest.approx(expected, abs=1e-9)
+    assert info["equity"] == pytest.approx(100_000 + expected, abs=1e-9)
+    # No settlement at the next bar: no funding.
+    _, _, _, _, info = env.step(np.array([action]))
+    assert info["funding_pnl"] == 0.0
+
+
+def test_funding_uses_perp_price_at_settlement() -> None:
+    # Perp moves 100 -> 110 into the settlement: 750 * 110 * 0.0001 = 8.25; price P&L of the perp
+    # -7,500,
+    # of spot 0 (spot stays at 100).
+    env = _env(
+        FRICTIONLESS,
+        perp=[100, 110, 110, 110, 110, 110],
+        funding=[None, 0.0001, None, None, None, None],
+    )
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["funding_pnl"] == pytest.approx(8.25)
+    assert info["price_pnl"] == pytest.approx(-7_500.0)
+
+
+@pytest.mark.parametrize(
+    ("maker_fraction", "expected"),
+    [
+        (0.0, 112.5),  # taker: spot 75,000 * 10 bp = 75 + perp 75,000 * 5 bp = 37.5
+        (1.0, 90.0),  # maker: spot 75,000 * 10 bp = 75 + perp 75,000 * 2 bp = 15
+        (0.5, 101.25),  # half each: spot 75 + perp 37,500 * 2 bp + 37,500 * 5 bp = 7.5 + 18.75
+    ],
+)
+def test_fees(maker_fraction: float, expected: float) -> None:
+    env = _env(_cfg(fees=True, maker_fraction=maker_fraction))
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["fees"] == pytest.approx(expected)
+    assert info["equity"] == pytest.approx(100_000 - expected)
+
+
+def test_half_spread_on_taker_notional() -> None:
+    # 2 bp spread: half of it, 1 bp, on 150,000 of taker notional = 15.
+    env = _env(_cfg(spread=True), spread_bps=2.0)
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["spread_cost"] == pytest.approx(15.0)
+    assert info["slippage"] == pytest.approx(15.0)
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        # linear: 5e-4 * 75,000 / 1,000,000 = 3.75e-5 of 75,000 = 2.8125 per leg, + tick 0.1 bp =
+        # 0.75 per leg
+        ("linear", 2 * (2.8125 + 0.75)),
+        # sqrt: 5e-4 * sqrt(0.075) = 1.369306e-4 of 75,000 = 10.269797 per leg, + tick 0.75 per leg
+        ("sqrt", 2 * (75_000 * 5e-4 * np.sqrt(0.075) + 0.75)),
+    ],
+)
+def test_depth_slippage(model: str, expected: float) -> None:
+    env = _env(_cfg(slippage=True, slippage_model=model), depth=1_000_000.0)
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["impact_cost"] == pytest.approx(expected)
+    assert info["slippage"] == pytest.approx(expected)
+
+
+def test_thinner_book_costs_more() -> None:
+    deep = _env(_cfg(slippage=True), depth=10_000_000.0).step(np.array([1.0]))[4]["impact_cost"]
+    thin = _env(_cfg(slippage=True), depth=100_000.0).step(np.array([1.0]))[4]["impact_cost"]
+    assert thin > 10 * deep
+
+
+def test_borrow_on_short_spot_leg() -> None:
+    # Reverse carry: 750 borrowed coins worth 75,000 at 5 % a year for one 15-minute bar.
+    env = _env(_cfg(borrow=True))
+    _, _, _, _, info = env.step(np.array([-1.0]))
+    assert info["borrow_cost"] == pytest.approx(75_000 * 0.05 * BAR_YEARS)
+    assert info["spot_qty"][0] == pytest.approx(-750.0)
+
+
+def test_borrow_on_negative_cash() -> None:
+    # leverage_cap 3: spot 150,000 + collateral 50,000 from 100,000 of cash: 100,000 of USDT
+    # borrowed at 10 %.
+    env = _env(_cfg(borrow=True, leverage_cap=3.0))
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["cash"] == pytest.approx(-100_000 - 100_000 * 0.10 * BAR_YEARS)
+    assert info["borrow_cost"] == pytest.approx(100_000 * 0.10 * BAR_YEARS)
+
+
+def test_reverse_carry_disabled_acts_as_flat() -> None:
+    env = _env(_cfg(allow_reverse_carry=False))
+    _, _, _, _, info = env.step(np.array([-1.0]))
+    assert info["spot_qty"][0] == 0.0 and info["perp_qty"][0] == 0.0
+
+
+def test_isolated_perp_liquidates_when_one_leg_runs_away() -> None:
+    # Both legs +33 %: the short perp loses 750 * 33 = 24,750 of its 25,000 collateral; 250 left
+    # against a
+    # maintenance of 0.5 % * 99,750 = 498.75 -> ratio 0.5 < 1 -> liquidation at bar 1.
+    # Spot sold 50 bp under 133: cost 99,750 * 0.005 = 498.75. Perp closed 50 bp worse plus the 1 %
+    # fee:
+    # 99,750 * 0.015 = 1,496.25, of which the 250 of collateral covers 250; the insurance fund
+    # absorbs
+    # 1,246.25. Liquidation loss = 498.75 + 1,496.25 - 1,246.25 = 748.75; equity 100,000 ->
+    # 99,251.25.
+    env = _env(FRICTIONLESS, spot=[100, 133, 133], perp=[100, 133, 133])
+    _, reward, terminated, truncated, info = env.step(np.array([1.0]))
+    assert info["liquidated"] and terminated and not truncated
+    assert info["price_pnl"] == pytest.approx(0.0)
+    assert info["liquidation_loss"] == pytest.approx(748.75)
+    assert info["equity"] == pytest.approx(99_251.25)
+    assert info["spot_qty"][0] == 0.0 and info["perp_qty"][0] == 0.0
+    # The reward carries the liquidation penalty (10 % of equity, in bp of equity).
+    assert reward == pytest.approx(1e4 * (-748.75 / 100_000 - 0.1))
+
+
+def test_isolated_perp_survives_a_smaller_move() -> None:
+    # +30 %: 25,000 - 22,500 = 2,500 of collateral against 0.5 % * 97,500 = 487.5: ratio 5.13, no
+    # liquidation.
+    env = _env(FRICTIONLESS, spot=[100, 130, 130], perp=[100, 130, 130])
+    _, _, terminated, _, info = env.step(np.array([1.0]))
+    assert not info["liquidated"] and not terminated
+    assert info["margin_ratio"] == pytest.approx(2_500 / 487.5)
+
+
+def test_unified_margin_counts_spot() -> None:
+    # Same +33 % move in unified mode: cash 25,000 - 24,750 = 250, spot 99,750 * 0.95 = 94,762.5;
+    # requirement 0.5 % * 99,750 = 498.75 -> ratio 95,012.5 / 498.75 = 190.5: safe.
+    env = _env(_cfg(margin_mode="unified"), spot=[100, 133, 133], perp=[100, 133, 133])
+    _, _, terminated, _, info = env.step(np.array([1.0]))
+    assert not terminated
+    assert info["margin_ratio"] == pytest.approx(95_012.5 / 498.75)
+    assert info["collateral"][0] == 0.0
+
+
+def test_margin_flag_off_never_liquidates() -> None:
+    env = _env(_cfg(margin=False), spot=[100, 190, 190], perp=[100, 190, 190])
+    _, _, terminated, _, info = env.step(np.array([1.0]))
+    assert not terminated and not info["liquidated"]
+
+
+def test_halt_blocks_fills() -> None:
+    # A halt starts at the first new bar with probability 1 (96 per day on 15-minute bars) and lasts
+    # 3 bars.
+    cfg = _cfg(
+        anomalies=True,
+        halt_per_day=96.0,
+        halt_bars=3,
+        flash_crash_per_day=0.0,
+        feed_outage_per_day=0.0,
+        funding_spike_prob=0.0,
+    )
+    env = _env(cfg)
+    _, _, _, _, info = env.step(
+        np.array([0.0])
+    )  # bar 0 trades normally (nothing to do); bar 1 is halted
+    assert info["halted"]
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["halted"] and info["fees"] == 0.0 and info["turnover"] == 0.0
+    assert info["spot_qty"][0] == 0.0
+
+
+def test_halt_masks_every_action_but_hold() -> None:
+    cfg = _cfg(
+        anomalies=True,
+        halt_per_day=96.0,
+        halt_bars=3,
+        flash_crash_per_day=0.0,
+        feed_outage_per_day=0.0,
+        funding_spike_prob=0.0,
+    )
+    env = CarryTradeDiscreteEnv(make_frame(FLAT), cfg)
+    env.reset(seed=0)
+    assert env.action_masks().all()  # bar 0 is not halted
+    env.step(np.array([0]))
+    mask = env.action_masks()
+    assert mask[0] and not mask[1:].any()
+
+
+def test_leverage_clamp() -> None:
+    # Prices alternate 100/101: realised vol ~1.86 a year, so with target_vol 0.01 the limit sits at
+    # the
+    # floor min_leverage = 0.5. a = +1 asks for 150,000 of gross notional; it is clamped to 0.5 *
+    # 100,000 =
+    # 50,000: 25,000 of spot at 101 (episode starts at bar 5).
+    cfg = _cfg(leverage_limit=True, target_vol_annual=0.01, min_leverage=0.5)
+    env = CarryTradeEnv(make_frame([100.0, 101.0] * 5), cfg)
+    env.reset(seed=0, options={"start": 5})
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["clamped"]
+    assert info["max_leverage"] == pytest.approx(0.5)
+    assert info["spot_qty"][0] == pytest.approx(25_000 / 101.0)
+    assert info["perp_qty"][0] == pytest.approx(-25_000 / 101.0)
+
+
+def test_leverage_budget_is_shared_across_assets() -> None:
+    # Two assets at a = +1 each ask for 150,000 each; the budget (max_leverage 1.5) allows 150,000
+    # in all:
+    # both are scaled by 1/2 -> 37,500 of spot each.
+    import polars as pl
+
+    frame = pl.concat([make_frame(FLAT, symbol="BTC"), make_frame(FLAT, symbol="ETH")])
+    env = CarryTradeEnv(frame, FRICTIONLESS)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.array([1.0, 1.0]))
+    assert info["clamped"]
+    np.testing.assert_allclose(info["spot_qty"], [375.0, 375.0])
+    assert info["leverage"] == pytest.approx(1.5)
+
+
+def test_rebalance_band_skips_small_changes() -> None:
+    # Band 2 % of equity = 2,000: moving from a = 1.0 to 0.98 changes each leg by 750 USDT -> not
+    # traded.
+    env = _env(_cfg(rebalance_band=0.02))
+    env.step(np.array([1.0]))
+    _, _, _, _, info = env.step(np.array([0.98]))
+    assert info["turnover"] == 0.0
+    # Flattening always trades, however small the position.
+    _, _, _, _, info = env.step(np.array([0.0]))
+    assert info["spot_qty"][0] == 0.0 and info["turnover"] == pytest.approx(150_000.0)
+
+
+def test_nan_action_holds() -> None:
+    env = _env(FRICTIONLESS)
+    env.step(np.array([1.0]))
+    _, _, _, _, info = env.step(np.array([np.nan]))
+    assert info["turnover"] == 0.0 and info["spot_qty"][0] == pytest.approx(750.0)
+
+
+def test_actions_are_clipped() -> None:
+    env = _env(FRICTIONLESS)
+    _, _, _, _, info = env.step(np.array([7.0]))
+    assert info["spot_qty"][0] == pytest.approx(750.0)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "expected"),
+    [
+        (np.inf, 1.0),  # flat: as safe as it gets
+        (1.0, 0.0),  # on the liquidation line
+        (2.0, 0.5),
+        (0.25, -1.0),  # deep below: clipped
+    ],
+)
+def test_margin_buffer(ratio: float, expected: float) -> None:
+    assert margin_buffer(ratio) == pytest.approx(expected)
+
+
+def test_anomaly_rng_is_uniform_and_stateless() -> None:
+    draws = np.array([uniform(12345, t, 0) for t in range(20_000)])
+    assert draws.min() >= 0.0 and draws.max() < 1.0
+    assert abs(draws.mean() - 0.5) < 0.01
+    assert uniform(12345, 7, 3) == uniform(12345, 7, 3)
+    assert uniform(12345, 7, 3) != uniform(12346, 7, 3)

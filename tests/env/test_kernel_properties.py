@@ -1,0 +1,101 @@
+"""Invariants of the accounting kernel over arbitrary action sequences, anomalies on
+(hypothesis)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from carry_env import CarryTradeEnv, EnvConfig, MarketData
+
+from .conftest import random_frame
+
+MARKET = MarketData.from_frame(random_frame(seed=7, n_bars=300))
+STRESS = EnvConfig(
+    flash_crash_per_day=3.0,
+    halt_per_day=2.0,
+    feed_outage_per_day=2.0,
+    funding_spike_prob=0.3,
+    flash_size=0.3,
+    drawdown_limit=0.0,
+)
+
+weights = st.one_of(st.floats(-1.5, 1.5, allow_nan=False), st.just(float("nan")))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    actions=st.lists(st.tuples(weights, weights), min_size=1, max_size=250),
+    unified=st.booleans(),
+    leverage_cap=st.floats(0.2, 4.0),
+    perp_leverage=st.floats(1.0, 20.0),
+    slippage_model=st.sampled_from(["linear", "sqrt"]),
+    maker_fraction=st.floats(0.0, 1.0),
+)
+def test_accounting_identity_holds_for_any_actions(
+    seed: int,
+    actions: list[tuple[float, float]],
+    unified: bool,
+    leverage_cap: float,
+    perp_leverage: float,
+    slippage_model: str,
+    maker_fraction: float,
+) -> None:
+    config = dataclasses.replace(
+        STRESS,
+        margin_mode="unified" if unified else "isolated",
+        leverage_cap=leverage_cap,
+        min_leverage=min(0.25, leverage_cap),
+        perp_leverage=perp_leverage,
+        slippage_model=slippage_model,
+        maker_fraction=maker_fraction,
+    )
+    env = CarryTradeEnv(MARKET, config)
+    obs, info = env.reset(seed=seed)
+    equity = info["equity"]
+    for a in actions:
+        obs, reward, terminated, truncated, info = env.step(np.array(a))
+        flows = (
+            info["funding_pnl"]
+            + info["price_pnl"]
+            - info["fees"]
+            - info["slippage"]
+            - info["borrow_cost"]
+            - info["liquidation_loss"]
+        )
+        assert abs((info["equity"] - equity) - flows) <= 1e-9 * max(abs(equity), 1.0) + 1e-6
+        assert np.isfinite(obs).all() and np.isfinite(reward)
+        assert obs in env.observation_space
+        assert info["fees"] >= 0 and info["slippage"] >= 0 and info["borrow_cost"] >= 0
+        assert info["slippage"] == np.float64(info["spread_cost"]) + info["impact_cost"]
+        if info["liquidated"] or info["bankrupt"]:
+            assert terminated
+            assert not np.any(info["spot_qty"]) and not np.any(info["perp_qty"])
+        equity = info["equity"]
+        if terminated or truncated:
+            break
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    actions=st.lists(st.tuples(weights, weights), min_size=5, max_size=120),
+)
+def test_no_fills_while_halted(seed: int, actions: list[tuple[float, float]]) -> None:
+    env = CarryTradeEnv(MARKET, dataclasses.replace(STRESS, halt_per_day=20.0))
+    _, info = env.reset(seed=seed)
+    halted = info["halted"]
+    for a in actions:
+        before = (info["spot_qty"].copy(), info["perp_qty"].copy())
+        _, _, terminated, truncated, info = env.step(np.array(a))
+        if halted and not info["liquidated"]:
+            assert info["turnover"] == 0.0 and info["fees"] == 0.0
+            np.testing.assert_array_equal(info["spot_qty"], before[0])
+            np.testing.assert_array_equal(info["perp_qty"], before[1])
+        halted = info["halted"]
+        if terminated or truncated:
+            break

@@ -1,0 +1,97 @@
+"""The batched env equals B single envs step for step; the SB3 adapter speaks VecEnv."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from carry_env import CarryTradeEnv, EnvConfig, MarketData
+from carry_env.vector import CarryTradeVectorEnv, SB3VecEnv
+
+from .conftest import random_frame
+
+MARKET = MarketData.from_frame(random_frame(seed=5, n_bars=400))
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_batched_equals_single_envs(stress_config: EnvConfig, parallel: bool) -> None:
+    cfg = dataclasses.replace(stress_config, random_start=True, episode_length=60)
+    b = 6
+    venv = CarryTradeVectorEnv(MARKET, cfg, b, parallel=parallel)
+    singles = [CarryTradeEnv(MARKET, cfg) for _ in range(b)]
+    obs, _ = venv.reset(seed=100)
+    for i, env in enumerate(singles):
+        o, _ = env.reset(seed=100 + i)
+        np.testing.assert_array_equal(obs[i], o)
+    rng = np.random.default_rng(0)
+    resets = 0
+    for _ in range(250):
+        actions = rng.uniform(-1, 1, (b, 2))
+        obs, rew, term, trunc, infos = venv.step(actions)
+        for i, env in enumerate(singles):
+            o, r, te, tr, info = env.step(actions[i])
+            assert (r, te, tr) == (rew[i], term[i], trunc[i])
+            if te or tr:
+                resets += 1
+                np.testing.assert_array_equal(infos["final_obs"][i], o)
+                assert infos["final_info"]["equity"][i] == info["equity"]
+                o, _ = env.reset()
+            else:
+                assert infos["equity"][i] == info["equity"]
+                np.testing.assert_array_equal(infos["spot_qty"][i], info["spot_qty"])
+            np.testing.assert_array_equal(obs[i], o)
+    assert resets >= b * 3  # autoresets were exercised
+
+
+def test_vector_spaces_and_masks() -> None:
+    venv = CarryTradeVectorEnv(MARKET, EnvConfig(), 3)
+    obs, infos = venv.reset(seed=0)
+    assert obs.shape == (3, venv.single_observation_space.shape[0])
+    assert venv.action_space.shape == (3, 2)
+    assert infos["equity"].shape == (3,) and infos["_equity"].all()
+    assert infos["spot_qty"].shape == (3, 2)
+    with pytest.raises(RuntimeError, match="reset"):
+        CarryTradeVectorEnv(MARKET, EnvConfig(), 2).step(np.zeros((2, 2)))
+
+
+def test_partial_reset_mask() -> None:
+    venv = CarryTradeVectorEnv(MARKET, EnvConfig(anomalies=False), 2)
+    venv.reset(seed=0)
+    venv.step(np.ones((2, 2)) * 0.5)
+    before = venv.engine.as_[0].copy()
+    venv.reset(options={"reset_mask": np.array([False, True])})
+    np.testing.assert_array_equal(venv.engine.as_[0], before)
+    assert not venv.engine.as_[1, :, 0].any()
+
+
+def test_make_vec_uses_the_batched_env() -> None:
+    venv = gym.make_vec(
+        "carry_env/CarryTrade-v0",
+        num_envs=4,
+        vectorization_mode="vector_entry_point",
+        market=MARKET,
+        config=EnvConfig(),
+    )
+    assert isinstance(venv.unwrapped, CarryTradeVectorEnv)
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape[0] == 4
+
+
+def test_sb3_adapter_reports_terminal_observations() -> None:
+    cfg = EnvConfig(episode_length=5, anomalies=False)
+    vec = SB3VecEnv(CarryTradeVectorEnv(MARKET, cfg, 3))
+    vec.seed(7)
+    obs = vec.reset()
+    assert obs.shape == (3, vec.observation_space.shape[0])
+    for _ in range(5):
+        vec.step_async(np.zeros((3, 2)))
+        obs, rew, dones, infos = vec.step_wait()
+    assert dones.all() and rew.dtype == np.float32
+    for info in infos:
+        assert info["TimeLimit.truncated"] is True
+        assert info["terminal_observation"].shape == obs.shape[1:]
+    assert vec.get_attr("render_mode") == [None, None, None]
+    assert vec.env_is_wrapped(gym.Wrapper) == [False, False, False]
