@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install
-	$(PY) -m carry_env.demo
+# The main run on the embedded default (offline): ingest, features, datasets, then the env on their output.
+run: install dagster-home
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(PY) -m carry_pipeline.main
 
 test: install
 	$(PY) -m pytest -q

@@ -1,12 +1,10 @@
 """Env throughput, measured in one run: CartPole-v1 vs CarryTrade-v0 (single) and the batched env.
 
 Prints steps/s of CartPole-v1 and of the single carry env with every mechanism on (both through
-`gym.make`,
-so both pay gymnasium's wrappers; the unwrapped figures too), env-steps/s of the batched env for
-B = 1, 64, 1024, 16384, and the ratios to the targets (single >= 1.0x CartPole; batched >= 10M
-env-steps/s at
-B = 1024). Each figure is the best of three timed repeats, after a warm-up that also compiles the
-kernels.
+`gym.make`, so both pay gymnasium's wrappers; the unwrapped figures too), env-steps/s of the batched
+env for B = 1, 64, 1024, 16384, and the ratios to the targets (single >= 1.0x CartPole; batched >=
+10M env-steps/s at B = 1024). Each figure is the best of three timed repeats, after a warm-up that
+also compiles the kernels.
 
     python bench/env_throughput.py [--seconds 1.0]
 """

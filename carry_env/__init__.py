@@ -1,8 +1,7 @@
 """carry_env: a gymnasium environment for the spot-perpetual funding-rate carry trade.
 
 `gymnasium.make("carry_env/CarryTrade-v0", market=frame_or_market_data, config=EnvConfig(...))` for
-the
-continuous env, `carry_env/CarryTradeDiscrete-v0` for the discrete one with action masks.
+the continuous env, `carry_env/CarryTradeDiscrete-v0` for the discrete one with action masks.
 """
 
 from gymnasium.envs.registration import register

@@ -1,8 +1,7 @@
 """Configuration of the carry-trade environment: one frozen dataclass, every field documented.
 
 Defaults follow Binance (spot + USD-M perpetuals, VIP 0) where an exchange number exists. Rates are
-fractions,
-fields in basis points end in `_bps`, annual rates end in `_annual`.
+fractions, fields in basis points end in `_bps`, annual rates end in `_annual`.
 """
 
 from __future__ import annotations
@@ -12,8 +11,8 @@ from typing import Literal
 
 import numpy as np
 
-# Indices into the float64 config vector the numba kernel reads (see `EnvConfig.to_vector`).
-# Kept as module constants so the kernel compiles them in as literals.
+# Indices into the float64 config vector the numba kernel reads (see `EnvConfig.to_vector`). Kept as
+# module constants so the kernel compiles them in as literals.
 C_LEVERAGE_CAP = 0
 C_PERP_LEVERAGE = 1
 C_SPOT_MAKER = 2
@@ -76,21 +75,20 @@ class EnvConfig:
     """Starting USDT in the shared cash pool."""
     leverage_cap: float = 1.5
     """Gross hedged notional per unit of equity at |action| = 1: `size = a * equity * leverage_cap`,
-    of which
-    half is the spot leg and half the perp leg."""
+    of
+    which half is the spot leg and half the perp leg."""
     perp_leverage: float = 3.0
     """Leverage of the isolated perp position: collateral posted = |perp notional| / perp_leverage,
-    reset each
-    time the perp leg trades (no automatic top-ups in between, as on an exchange)."""
+    reset each time the perp leg trades (no automatic top-ups in between, as on an exchange)."""
     margin_mode: Literal["isolated", "unified"] = "isolated"
     """`isolated`: only the perp leg's posted collateral backs it. `unified`: all equity backs every
-    position,
-    long spot counted at `(1 - spot_collateral_haircut)`."""
+    position, long spot counted at `(1 - spot_collateral_haircut)`."""
     spot_collateral_haircut: float = 0.05
     """Unified mode: fraction of long-spot value not counted as margin."""
     allow_reverse_carry: bool = True
     """Whether negative actions (short spot on borrowed coins, long perp) are allowed; if not, they
-    act as 0."""
+    act
+    as 0."""
 
     # ---- dynamic leverage limit ----
     leverage_limit: bool = True
@@ -98,9 +96,9 @@ class EnvConfig:
     leverage_cap`."""
     target_vol_annual: float = 0.6
     """Realised (annualised) spot volatility at which the full `leverage_cap` is still allowed;
-    above it the cap
-    shrinks in proportion: `max_leverage_t = clip(leverage_cap * target_vol / vol_t, min_leverage,
-    cap)`."""
+    above
+    it the cap shrinks in proportion: `max_leverage_t = clip(leverage_cap * target_vol / vol_t,
+    min_leverage, cap)`."""
     min_leverage: float = 0.25
     """Floor of `max_leverage_t`."""
     vol_window_hours: float = 24.0
@@ -131,8 +129,8 @@ class EnvConfig:
     """`linear`: impact fraction `k * notional / depth`; `sqrt`: `k * sqrt(notional / depth)`."""
     slippage_k: float = 5e-4
     """Impact coefficient `k`. Depth is the book within +-10 bp of mid, so taking all of it moves
-    the price about
-    10 bp and costs about 5 bp on average: `k = 5e-4` for both models."""
+    the
+    price about 10 bp and costs about 5 bp on average: `k = 5e-4` for both models."""
     default_depth_usd: float = 5_000_000.0
     """Depth used when the market frame has no `spot_depth_usd` / `perp_depth_usd` column."""
     tick_bps: float = 0.1
@@ -182,14 +180,16 @@ class EnvConfig:
     """`dmax`: drawdown beyond which the drawdown penalty applies."""
     drawdown_penalty: float = 0.03
     """`beta` per day: a 1 % breach held for a day costs 0.03 % of equity, about one day of 11 %
-    annual carry."""
+    annual
+    carry."""
     volatility_penalty: float = 0.02
     """Weight on the exponentially weighted std of step returns."""
     volatility_halflife_bars: float = 96.0
     """Half-life of that weighting, in bars."""
     turnover_penalty: float = 0.0
     """Weight on traded notional / equity (costs are already charged; this discourages churn
-    further)."""
+    further).
+    """
     reward_scale: float = 10_000.0
     """Reward = scaled fractions of equity; 1e4 makes the reward read in basis points of equity."""
 
@@ -198,10 +198,12 @@ class EnvConfig:
     """Inject flash crashes, exchange halts, funding spikes and feed outages."""
     flash_crash_per_day: float = 0.01
     """Expected flash events per day (both legs gap, basis blows out, depth thins, then they
-    recover)."""
+    recover).
+    """
     flash_size: float = 0.1
     """Typical spot gap of a flash event (drawn in [0.5, 1.5] x this); 70 % are crashes, 30 %
-    squeezes."""
+    squeezes.
+    """
     flash_basis_overshoot: float = 0.3
     """The perp leg gaps by up to this fraction more than spot: the basis blow-out."""
     flash_halflife_bars: float = 4.0
@@ -214,7 +216,8 @@ class EnvConfig:
     """Length of a halt in bars."""
     feed_outage_per_day: float = 0.01
     """Expected market-data outages per day: the market block of the observation freezes and is
-    flagged stale."""
+    flagged
+    stale."""
     feed_outage_bars: int = 4
     """Length of a feed outage in bars."""
     funding_spike_prob: float = 0.01
@@ -225,7 +228,8 @@ class EnvConfig:
     # ---- observation ----
     expert_context_dim: int = 0
     """Length of the expert-context slot at the end of the observation (the meta-controller fills
-    it)."""
+    it).
+    """
 
     def __post_init__(self) -> None:
         problems = []

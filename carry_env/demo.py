@@ -2,8 +2,7 @@
 on.
 
 `python -m carry_env.demo [--seed N] [--days D]` prints, per policy, the equity, funding, cost and
-risk summary
-of one episode. The policies are baselines that any trained agent must beat.
+risk summary of one episode. The policies are baselines that any trained agent must beat.
 """
 
 from __future__ import annotations
@@ -44,7 +43,8 @@ class EpisodeSummary:
 
 def funding_follower(threshold_bp: float = 0.5) -> Policy:
     """Long carry when the 3-settlement funding average exceeds `threshold_bp`, reverse below minus
-    it."""
+    it.
+    """
 
     def act(obs: np.ndarray, names: list[str]) -> np.ndarray:
         cols = [i for i, n in enumerate(names) if n.endswith(":funding_sma3_bp")]

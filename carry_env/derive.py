@@ -1,10 +1,8 @@
 """Per-bar market quantities the kernel reads, computed once per (market, config) with numpy.
 
 Everything at bar t uses only bars at or before t (rolling windows are trailing and expanding at the
-start);
-the one exception is the funding schedule (hours to the next settlement), which exchanges publish in
-advance
-(`nextFundingTime`).
+start); the one exception is the funding schedule (hours to the next settlement), which exchanges
+publish in advance (`nextFundingTime`).
 """
 
 from __future__ import annotations
@@ -23,7 +21,8 @@ _SECONDS_PER_YEAR = 365.0 * 86_400.0
 @dataclass(frozen=True, eq=False)
 class MarketTensor:
     """The kernel's view of a market: `mkt[T, N, M_*]`, time encodings `tfeat[T, 4]`, features `[T,
-    N, F]`."""
+    N,
+    F]`."""
 
     mkt: np.ndarray
     tfeat: np.ndarray
@@ -49,7 +48,8 @@ def lag_log_return(x: np.ndarray, lag: int) -> np.ndarray:
 
 def realised_vol(spot: np.ndarray, window: int, bars_per_year: float, prior: float) -> np.ndarray:
     """Annualised std of 1-bar log returns over the trailing `window`; `prior` until two returns
-    exist."""
+    exist.
+    """
     r = np.zeros_like(spot)
     r[1:] = np.log(spot[1:] / spot[:-1])
     m1 = trailing_mean(r[1:], window)

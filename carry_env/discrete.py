@@ -33,11 +33,10 @@ class CarryTradeDiscreteEnv(CarryTradeEnv):
 
     ## Action Masks
     `action_masks()` returns `N * (2 + 2K)` booleans (MaskablePPO's layout for MultiDiscrete).
-    Masked out: every
-    action but hold while the exchange is halted (nothing can fill); reverse-carry buckets when
-    `allow_reverse_carry` is off; buckets whose leverage would exceed what is left of the budget
-    `sum_i |size_i| / max_leverage_t,i <= equity` given the other assets' positions. Hold is never
-    masked.
+    Masked out: every action but hold while the exchange is halted (nothing can fill); reverse-carry
+    buckets when `allow_reverse_carry` is off; buckets whose leverage would exceed what is left of
+    the budget `sum_i |size_i| / max_leverage_t,i <= equity` given the other assets' positions. Hold
+    is never masked.
 
     Observation, reward and episode end are those of `CarryTradeEnv`.
 

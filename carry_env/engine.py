@@ -1,8 +1,7 @@
 """The state of B carry-trade accounts over one market, stepped by the numba kernel.
 
 `CarryTradeEnv` is an engine with B = 1, `CarryTradeVectorEnv` one with B = num_envs: both forms run
-the same
-kernel on the same arrays, which is why the batched env equals B single envs step for step.
+the same kernel on the same arrays, which is why the batched env equals B single envs step for step.
 """
 
 from __future__ import annotations
@@ -137,7 +136,8 @@ class Engine:
         self, rng: np.random.Generator, options: dict[str, Any] | None
     ) -> tuple[int, int]:
         """First and last bar of a new episode, from `options` (`start`/`end`: bar index or UTC
-        time) or config."""
+        time)
+        or config."""
         last = self.market.n_bars - 1
         opts = options or {}
         length = self.config.episode_length
@@ -303,9 +303,8 @@ _flag_values = itemgetter(*(k.INFO_NAMES.index(f) for f in _FLAG_NAMES))
 
 def _entry_point(dispatcher: Any, args: tuple[Any, ...]) -> Any:
     # The compiled function for these argument types, called without numba's per-call type dispatch
-    # (about
-    # 0.5 us of a ~3 us step). Safe because the engine owns the arrays and never changes their
-    # dtypes or ranks.
+    # (about 0.5 us of a ~3 us step). Safe because the engine owns the arrays and never changes
+    # their dtypes or ranks.
     sig = tuple(dispatcher.typeof_pyval(a) for a in args)
     cres = dispatcher.overloads.get(sig)
     return cres.entry_point if cres is not None else None

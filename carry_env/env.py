@@ -20,42 +20,30 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Description
     Each step is one bar of the market data. The agent sets, per asset, the size of a hedged
-    position: long spot
-    + short perp ("long carry", collects funding when it is positive) or short spot on borrowed
-    coins + long perp
-    ("reverse carry"). The env replays every cash flow an exchange would book: funding at every
-    settlement in the
-    data (8 h, 4 h and 1 h intervals all work), maker/taker fees, half the spread, depth-based
-    impact and a tick,
-    interest on borrowed coins and USDT, isolated (or unified) perp margin with liquidation at a
-    haircut plus a
+    position: long spot + short perp ("long carry", collects funding when it is positive) or short
+    spot on borrowed coins + long perp ("reverse carry"). The env replays every cash flow an
+    exchange would book: funding at every settlement in the data (8 h, 4 h and 1 h intervals all
+    work), maker/taker fees, half the spread, depth-based impact and a tick, interest on borrowed
+    coins and USDT, isolated (or unified) perp margin with liquidation at a haircut plus a
     liquidation fee, a volatility-dependent leverage limit, and seeded anomalies (flash crashes with
-    basis
-    blow-outs and thin books, exchange halts, funding spikes, market-data outages).
+    basis blow-outs and thin books, exchange halts, funding spikes, market-data outages).
 
     Timing: the observation at bar t uses data stamped at or before t. Orders fill at bar t's prices
-    (plus costs);
-    the clock then moves to t + 1, where positions are marked, funding settled at t + 1 is paid on
-    the positions
-    held over (t, t + 1], borrow interest accrues, and margin is checked.
+    (plus costs); the clock then moves to t + 1, where positions are marked, funding settled at t +
+    1 is paid on the positions held over (t, t + 1], borrow interest accrues, and margin is checked.
 
     ## Action Space
     `Box(-1, 1, (N,), float32)`: per asset a weight `a`; the hedged notional is `size = a * equity *
-    leverage_cap`
-    with spot target `+size / 2` and perp target `-size / 2` (for `a < 0` the signs flip). Values
-    outside [-1, 1]
-    are clipped; NaN holds the asset's position unchanged. If `sum_i |size_i| / max_leverage_t,i`
-    exceeds equity,
-    all traded sizes are scaled down together (`info["clamped"]`). A leg trades only when the change
-    exceeds
-    `rebalance_band * equity` and `min_order_usd` (closing to zero always trades). Nothing fills
-    during a halt.
+    leverage_cap` with spot target `+size / 2` and perp target `-size / 2` (for `a < 0` the signs
+    flip). Values outside [-1, 1] are clipped; NaN holds the asset's position unchanged. If `sum_i
+    |size_i| / max_leverage_t,i` exceeds equity, all traded sizes are scaled down together
+    (`info["clamped"]`). A leg trades only when the change exceeds `rebalance_band * equity` and
+    `min_order_usd` (closing to zero always trades). Nothing fills during a halt.
 
     ## Observation Space
     `Box(-1e6, 1e6, (N * (19 + F) + 11 + E,), float32)` (values clipped to the bounds, which only
-    degenerate
-    inputs reach); `env.observation_names` names each index. Per asset i
-    (block of 19 + F starting at `i * (19 + F)`):
+    degenerate inputs reach); `env.observation_names` names each index. Per asset i (block of 19 + F
+    starting at `i * (19 + F)`):
 
     | idx | name | meaning |
     |-----|------|---------|
@@ -97,18 +85,13 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Rewards
     `reward = reward_scale * (carry + basis - costs - risk)`, each a fraction of the equity at the
-    start of the
-    step: carry = funding P&L; basis = price P&L of both legs (for a hedged book, the basis change);
-    costs = fees
-    + slippage (half-spread, impact, tick) + borrow interest + liquidation loss; risk =
-    `drawdown_penalty` per
-    day * max(0, drawdown - `drawdown_threshold`) + `volatility_penalty` * EW std of step returns +
-    `turnover_penalty` * turnover / equity, + `liquidation_penalty` on liquidation. `info` has every
-    term
-    (`reward_carry`, `reward_basis`, `reward_costs`, `risk_penalty`) and the cash flows, which
-    satisfy
-    `equity[t+1] - equity[t] == funding_pnl + price_pnl - fees - slippage - borrow_cost -
-    liquidation_loss`.
+    start of the step: carry = funding P&L; basis = price P&L of both legs (for a hedged book, the
+    basis change); costs = fees + slippage (half-spread, impact, tick) + borrow interest +
+    liquidation loss; risk = `drawdown_penalty` per day * max(0, drawdown - `drawdown_threshold`) +
+    `volatility_penalty` * EW std of step returns + `turnover_penalty` * turnover / equity, +
+    `liquidation_penalty` on liquidation. `info` has every term (`reward_carry`, `reward_basis`,
+    `reward_costs`, `risk_penalty`) and the cash flows, which satisfy `equity[t+1] - equity[t] ==
+    funding_pnl + price_pnl - fees - slippage - borrow_cost - liquidation_loss`.
 
     ## Episode End
     `terminated` on liquidation (a margin ratio below 1), bankruptcy (equity <= 0) or drawdown above
@@ -116,13 +99,11 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Arguments
     `CarryTradeEnv(market, config=EnvConfig(), *, feed=None, executor=None, render_mode=None)`:
-    `market` is a
-    `MarketData` or a market frame (polars/pandas); `config` an `EnvConfig` (feature flags such as
-    `EnvConfig(fees=False, slippage=False, anomalies=False)` serve curricula and ablations);
-    `feed`/`executor`
-    inject a `MarketFeed` and an `Executor` (default: replay `market` with simulated fills).
-    `reset(options=...)`
-    accepts `start` and `end` (bar index or UTC time) to replay a chosen window.
+    `market` is a `MarketData` or a market frame (polars/pandas); `config` an `EnvConfig` (feature
+    flags such as `EnvConfig(fees=False, slippage=False, anomalies=False)` serve curricula and
+    ablations); `feed`/`executor` inject a `MarketFeed` and an `Executor` (default: replay `market`
+    with simulated fills). `reset(options=...)` accepts `start` and `end` (bar index or UTC time) to
+    replay a chosen window.
 
     ## Version History
     - v0: first release.

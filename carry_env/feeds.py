@@ -1,14 +1,11 @@
 """The two injected dependencies of the step API: where bars come from and who fills orders.
 
 Simulation and paper trading share `CarryTradeEnv.step`; they differ only in the `MarketFeed` and
-`Executor`
-handed to the env. `HistoricalFeed` + `SimExecutor` (the defaults) replay stored data with modelled
-fills and run
-in one fused numba call per step. Any other executor runs the split path: the kernel plans orders,
-the executor
-fills them (partially, at its own prices and costs, or by asking a venue), and the kernel books the
-fills,
-settles funding and checks margin exactly as in simulation.
+`Executor` handed to the env. `HistoricalFeed` + `SimExecutor` (the defaults) replay stored data
+with modelled fills and run in one fused numba call per step. Any other executor runs the split
+path: the kernel plans orders, the executor fills them (partially, at its own prices and costs, or
+by asking a venue), and the kernel books the fills, settles funding and checks margin exactly as in
+simulation.
 """
 
 from __future__ import annotations
@@ -43,8 +40,8 @@ class Fills:
     """What an executor did with `Orders` (`[B, N]` arrays).
 
     Filled quantities are booked at the planning mid; every difference from mid (spread, impact, a
-    worse fill
-    price) is reported as a cost, so the accounting identity keeps holding for any executor.
+    worse fill price) is reported as a cost, so the accounting identity keeps holding for any
+    executor.
     """
 
     spot_qty: np.ndarray
@@ -65,7 +62,8 @@ class MarketFeed(Protocol):
 
     def bar_ready(self, t: int) -> bool:
         """Whether bar `t` can be read; a live feed waits for it here and returns False when it
-        stops."""
+        stops.
+        """
         ...
 
 
@@ -107,7 +105,8 @@ class SimExecutor:
 
     def __init__(self, config_vector: np.ndarray) -> None:
         """Args: config_vector: `EnvConfig.to_vector(...)` of the env whose costs this executor
-        models."""
+        models.
+        """
         self._cfg = config_vector
 
     def execute(self, orders: Orders) -> Fills:

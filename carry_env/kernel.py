@@ -2,24 +2,19 @@
 batched env.
 
 A step of env `b` is three phases, each a function over one env so the fused sim kernel and the
-split path (an
-injected executor between planning and applying) run the same code:
+split path (an injected executor between planning and applying) run the same code:
 
 1. `plan_env`: target positions from the action (leverage clamp, reverse-carry flag, halts,
-   rebalance band)
-   -> signed order quantities per leg.
+   rebalance band) -> signed order quantities per leg.
 2. `sim_fill_env`: the simulated executor: full fills at mid, charged fees, half-spread, depth
    impact and tick.
 3. `apply_env`: book fills, move the clock one bar, mark to market, settle funding, accrue borrow,
-   check margin
-   and liquidate, compute the reward, write info and the next observation.
+   check margin and liquidate, compute the reward, write info and the next observation.
 
 Accounting (all in quote currency): `equity = cash + sum(spot_qty * spot_price) + sum(collateral)`.
-Perp
-variation margin and funding are booked to the isolated collateral (unified mode: to cash), so every
-step
-`equity[t+1] - equity[t] == funding + price_pnl - fees - slippage - borrow - liquidation_loss` holds
-exactly.
+Perp variation margin and funding are booked to the isolated collateral (unified mode: to cash), so
+every step `equity[t+1] - equity[t] == funding + price_pnl - fees - slippage - borrow -
+liquidation_loss` holds exactly.
 
 State and outputs are arrays indexed by the constants below; the `CarryTradeEnv` docstring documents
 them.
@@ -96,9 +91,9 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     """numba.njit as every kernel function is compiled.
 
-    - `_nrt=False` (a private numba switch) turns reference counting off: nothing is allocated,
-      and the atomic increments on the shared state arrays cost 3x the step time serially and
-      serialise threads.
+    - `_nrt=False` (a private numba switch) turns reference counting off: nothing is allocated, and
+      the atomic increments on the shared state arrays cost 3x the step time serially and serialise
+      threads.
     - `error_model="numpy"`: divisions are not checked for zero (the inputs are validated instead).
     - `cache=True`: compiled once per machine, then loaded from `__pycache__`.
     """
@@ -278,9 +273,8 @@ def leg_costs(
     """(fee, half-spread cost, impact + tick cost) of trading `notional` on one leg.
 
     The maker share pays the maker fee and no spread or impact; the taker share pays the taker fee,
-    half the
-    spread, impact `k * x / depth` (linear) or `k * sqrt(x / depth)` (sqrt) as a fraction of x, and
-    the tick.
+    half the spread, impact `k * x / depth` (linear) or `k * sqrt(x / depth)` (sqrt) as a fraction
+    of x, and the tick.
     """
     if notional <= 0.0:
         return 0.0, 0.0, 0.0
@@ -312,11 +306,11 @@ def _bounded(x: float) -> float:
 @_jit(inline="always")
 def margin_buffer(ratio: float) -> float:
     """`1 - 1 / margin_ratio` clipped to [-1, 1]: 0 on the liquidation line, near 1 when safe, 1
-    when flat.
+    when
+    flat.
 
     A division instead of a logarithm keeps the observation cheap; it is steepest near liquidation,
-    where it
-    matters.
+    where it matters.
     """
     if ratio <= 0.5:
         return -1.0
@@ -385,8 +379,7 @@ def equity_of(
 @_jit(inline="always")
 def _target_weight(a: float, cfg: np.ndarray) -> float:
     # The action as planned: NaN (hold) passes through; otherwise clipped to [-1, 1], and negative
-    # values
-    # become 0 when reverse carry is disabled.
+    # values become 0 when reverse carry is disabled.
     if math.isnan(a):
         return a
     a = min(max(a, -1.0), 1.0)
@@ -408,10 +401,9 @@ def plan_env(
     """Turn env b's action into signed order quantities `as_[b, :, A_DQ_S / A_DQ_P]`.
 
     `act[b, i]` in [-1, 1] sets the hedged notional `size = a * equity * leverage_cap` (spot
-    `+size/2`, perp
-    `-size/2`); NaN means hold. The leverage budget `sum |size_i| / max_leverage_i <= equity` scales
-    all traded
-    assets down together when exceeded. Nothing trades while the venue is halted.
+    `+size/2`, perp `-size/2`); NaN means hold. The leverage budget `sum |size_i| / max_leverage_i
+    <= equity` scales all traded assets down together when exceeded. Nothing trades while the venue
+    is halted.
     """
     t = is_[b, I_T]
     n = as_.shape[1]
@@ -607,9 +599,8 @@ def _liquidate(
     b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
 ) -> float:
     # Close every leg at a haircut; liquidated perps also pay the liquidation fee. In isolated mode
-    # a perp's
-    # loss stops at its collateral (the insurance fund takes the rest). Returns the liquidation
-    # loss.
+    # a perp's loss stops at its collateral (the insurance fund takes the rest). Returns the
+    # liquidation loss.
     h = cfg[C_LIQ_HAIRCUT]
     isolated = cfg[C_UNIFIED] == 0.0
     loss = 0.0
@@ -782,15 +773,15 @@ def write_obs(
     info: np.ndarray,
 ) -> None:
     """Write env b's observation at its current bar (layout: `CarryTradeEnv` docstring) and
-    portfolio info.
+    portfolio
+    info.
 
     Entries that are not bounded by construction are clipped to +-OBS_LIMIT.
 
     `as_[b, :, A_MR]` holds the per-asset margin ratios at this bar (from `_margin_ratios`).
 
     During a feed outage the market block of each asset keeps its last values (only its stale bit is
-    set),
-    unless `force_market` (a reset) asks for fresh values.
+    set), unless `force_market` (a reset) asks for fresh values.
     """
     t = is_[b, I_T]
     n = as_.shape[1]

@@ -1,12 +1,10 @@
 """Market data for the environment: a validated, aligned, numpy form of the market frame.
 
 The market frame (see ARCHITECTURE.md) has one row per bar per symbol: `ts` (UTC, the time the row's
-values are
-known), `symbol`, `spot_price`, `perp_price`, `funding_rate` (settled at `ts`; null where none
-settles), and
-optionally `spot_depth_usd`, `perp_depth_usd`, `spread_bps`, `sentiment` and feature columns
-prefixed `f_`.
-Polars or pandas come in at this boundary only; everything after it is numpy.
+values are known), `symbol`, `spot_price`, `perp_price`, `funding_rate` (settled at `ts`; null where
+none settles), and optionally `spot_depth_usd`, `perp_depth_usd`, `spread_bps`, `sentiment` and
+feature columns prefixed `f_`. Polars or pandas come in at this boundary only; everything after it
+is numpy.
 """
 
 from __future__ import annotations
@@ -34,8 +32,7 @@ class MarketData:
     """Aligned arrays for N symbols on one bar grid; build it with `MarketData.from_frame`.
 
     Arrays are `[T, N]` float64 (T bars, N symbols) unless noted. Optional inputs absent from the
-    frame are NaN
-    and the environment substitutes its configured defaults.
+    frame are NaN and the environment substitutes its configured defaults.
     """
 
     symbols: tuple[str, ...]
@@ -53,8 +50,9 @@ class MarketData:
     stale: np.ndarray
     """`[T, N]` bool: a price of this bar was forward-filled from an earlier one."""
     features: np.ndarray
-    """`[T, N, F]` float64 user features (`f_*` columns); 0 before a feature's first value
-    (warm-up)."""
+    """`[T, N, F]` float64 user features (`f_*` columns); 0 before a feature's first value (warm-
+    up).
+    """
     feature_names: tuple[str, ...]
 
     @property

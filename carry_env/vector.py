@@ -2,12 +2,10 @@
 stable-baselines3.
 
 `CarryTradeVectorEnv` is a gymnasium `VectorEnv` with same-step autoreset (a finished env is reset
-inside the
-step that ended it; its last observation and info are in `infos["final_obs"]` /
-`infos["final_info"]`).
-`SB3VecEnv` adapts it to stable-baselines3's `VecEnv` (`terminal_observation`,
-`TimeLimit.truncated`).
-Env i seeded with `seed + i` behaves exactly as a `CarryTradeEnv` reset with `seed + i`.
+inside the step that ended it; its last observation and info are in `infos["final_obs"]` /
+`infos["final_info"]`). `SB3VecEnv` adapts it to stable-baselines3's `VecEnv`
+(`terminal_observation`, `TimeLimit.truncated`). Env i seeded with `seed + i` behaves exactly as a
+`CarryTradeEnv` reset with `seed + i`.
 """
 
 from __future__ import annotations
@@ -36,10 +34,9 @@ class CarryTradeVectorEnv(VectorEnv):
     """`num_envs` independent carry-trade accounts over one market, stepped together.
 
     Observation, action, reward and episode semantics are those of `CarryTradeEnv` (see its
-    docstring). `infos`
-    is a dict of `[num_envs]` arrays (one per `CarryTradeEnv` info key,
-    `spot_qty`/`perp_qty`/`collateral` as
-    `[num_envs, N]`), each with its `_key` mask as gymnasium's vector API expects.
+    docstring). `infos` is a dict of `[num_envs]` arrays (one per `CarryTradeEnv` info key,
+    `spot_qty`/`perp_qty`/`collateral` as `[num_envs, N]`), each with its `_key` mask as gymnasium's
+    vector API expects.
 
     Args:
         market: `MarketData` or a market frame.

@@ -1,11 +1,13 @@
 """Column contracts of the raw tables (schema `raw` in DuckDB).
 
-Every exchange implementation (`SimulatedExchange`, `CcxtExchange`, `ReplayExchange`) produces exactly these
-columns and dtypes, so nothing downstream knows which one ran. Event time (`ts`, `funding_time`) is kept apart
-from ingestion time (`ingested_at`); all timestamps are UTC with microsecond precision.
+Every exchange implementation (`SimulatedExchange`, `CcxtExchange`, `ReplayExchange`) produces
+exactly these columns and dtypes, so nothing downstream knows which one ran. Event time (`ts`,
+`funding_time`) is kept apart from ingestion time (`ingested_at`); all timestamps are UTC with
+microsecond precision.
 
 Symbols are ccxt unified symbols: spot markets `BASE/QUOTE` (`BTC/USDT`), USD-M perpetuals
-`BASE/QUOTE:SETTLE` (`BTC/USDT:USDT`). Rates are fractions per funding interval (0.0001 = 1 bp), never percent.
+`BASE/QUOTE:SETTLE` (`BTC/USDT:USDT`). Rates are fractions per funding interval (0.0001 = 1 bp),
+never percent.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ FUNDING_SCHEMA: dict[str, pl.DataType] = {
     "symbol": pl.String(),
     # Rate settled at funding_time, per funding interval, as a fraction.
     "funding_rate": pl.Float64(),
-    # Hours since the previous settlement of this symbol (8, 4 and 1 all occur); null for the first row.
+    # Hours since the previous settlement of this symbol (8, 4 and 1 all occur); null for the first
+    # row.
     "interval_hours": pl.Float64(),
-    # Mark price at settlement when the exchange publishes it; null otherwise (Binance before 2023-10-31).
+    # Mark price at settlement when the exchange publishes it; null otherwise (Binance before
+    # 2023-10-31).
     "mark_price": pl.Float64(),
     "ingested_at": UTC_TS,
 }
@@ -73,7 +77,7 @@ SENTIMENT_SCHEMA: dict[str, pl.DataType] = {
     # Index in [-1, 1]: -1 extreme fear, +1 extreme greed.
     "score": pl.Float64(),
 }
-"""Sentiment as a source delivers it (the simulated exchange's index, a user file, an HTTP source)."""
+"""Sentiment as a source delivers it (simulated exchange index, user file, HTTP source)."""
 
 
 def empty_frame(schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -82,7 +86,8 @@ def empty_frame(schema: dict[str, pl.DataType]) -> pl.DataFrame:
 
 
 def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType], *, table: str) -> pl.DataFrame:
-    """Select and cast `frame` to `schema`, failing with the table and column names when one is missing.
+    """Select and cast `frame` to `schema`, failing with the table and column names when one is
+    missing.
 
     Args:
         frame: the frame an exchange produced.

@@ -48,7 +48,8 @@ def random_frame(
     seed: int, n_bars: int = 400, symbols: Sequence[str] = ("BTC", "ETH")
 ) -> pl.DataFrame:
     """Random-walk spot, a noisy basis, funding every 8 h (32 bars) with both signs, depth and
-    spread."""
+    spread.
+    """
     rng = np.random.default_rng(seed)
     parts = []
     for j, s in enumerate(symbols):

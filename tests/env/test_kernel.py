@@ -1,10 +1,8 @@
 """Hand-computed cash flows of the accounting kernel, one mechanism at a time.
 
 Common setup unless a case says otherwise: equity 100,000 USDT, leverage_cap 1.5, so `a = +1`
-targets a hedged
-notional of 150,000: 75,000 of spot (750 coins at 100) and -75,000 of perp (-750 contracts at 100);
-the isolated
-perp posts 75,000 / 3 = 25,000 of collateral. One bar is 15 minutes.
+targets a hedged notional of 150,000: 75,000 of spot (750 coins at 100) and -75,000 of perp (-750
+contracts at 100); the isolated perp posts 75,000 / 3 = 25,000 of collateral. One bar is 15 minutes.
 """
 
 from __future__ import annotations
@@ -54,8 +52,7 @@ def test_funding_paid_at_settlement(action: float, rate: float, expected: float)
 
 def test_funding_uses_perp_price_at_settlement() -> None:
     # Perp moves 100 -> 110 into the settlement: 750 * 110 * 0.0001 = 8.25; price P&L of the perp
-    # -7,500,
-    # of spot 0 (spot stays at 100).
+    # -7,500, of spot 0 (spot stays at 100).
     env = _env(
         FRICTIONLESS,
         perp=[100, 110, 110, 110, 110, 110],
@@ -137,13 +134,10 @@ def test_reverse_carry_disabled_acts_as_flat() -> None:
 
 def test_isolated_perp_liquidates_when_one_leg_runs_away() -> None:
     # Both legs +33 %: the short perp loses 750 * 33 = 24,750 of its 25,000 collateral; 250 left
-    # against a
-    # maintenance of 0.5 % * 99,750 = 498.75 -> ratio 0.5 < 1 -> liquidation at bar 1.
+    # against a maintenance of 0.5 % * 99,750 = 498.75 -> ratio 0.5 < 1 -> liquidation at bar 1.
     # Spot sold 50 bp under 133: cost 99,750 * 0.005 = 498.75. Perp closed 50 bp worse plus the 1 %
-    # fee:
-    # 99,750 * 0.015 = 1,496.25, of which the 250 of collateral covers 250; the insurance fund
-    # absorbs
-    # 1,246.25. Liquidation loss = 498.75 + 1,496.25 - 1,246.25 = 748.75; equity 100,000 ->
+    # fee: 99,750 * 0.015 = 1,496.25, of which the 250 of collateral covers 250; the insurance fund
+    # absorbs 1,246.25. Liquidation loss = 498.75 + 1,496.25 - 1,246.25 = 748.75; equity 100,000 ->
     # 99,251.25.
     env = _env(FRICTIONLESS, spot=[100, 133, 133], perp=[100, 133, 133])
     _, reward, terminated, truncated, info = env.step(np.array([1.0]))
@@ -221,10 +215,8 @@ def test_halt_masks_every_action_but_hold() -> None:
 
 def test_leverage_clamp() -> None:
     # Prices alternate 100/101: realised vol ~1.86 a year, so with target_vol 0.01 the limit sits at
-    # the
-    # floor min_leverage = 0.5. a = +1 asks for 150,000 of gross notional; it is clamped to 0.5 *
-    # 100,000 =
-    # 50,000: 25,000 of spot at 101 (episode starts at bar 5).
+    # the floor min_leverage = 0.5. a = +1 asks for 150,000 of gross notional; it is clamped to 0.5
+    # * 100,000 = 50,000: 25,000 of spot at 101 (episode starts at bar 5).
     cfg = _cfg(leverage_limit=True, target_vol_annual=0.01, min_leverage=0.5)
     env = CarryTradeEnv(make_frame([100.0, 101.0] * 5), cfg)
     env.reset(seed=0, options={"start": 5})
@@ -237,8 +229,7 @@ def test_leverage_clamp() -> None:
 
 def test_leverage_budget_is_shared_across_assets() -> None:
     # Two assets at a = +1 each ask for 150,000 each; the budget (max_leverage 1.5) allows 150,000
-    # in all:
-    # both are scaled by 1/2 -> 37,500 of spot each.
+    # in all: both are scaled by 1/2 -> 37,500 of spot each.
     import polars as pl
 
     frame = pl.concat([make_frame(FLAT, symbol="BTC"), make_frame(FLAT, symbol="ETH")])

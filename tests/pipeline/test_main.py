@@ -1,0 +1,37 @@
+"""The main job (`carry_pipeline/defs/jobs.py`) and the `make run` driver (`main.py`)."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from carry_pipeline.definitions import defs
+from carry_pipeline.main import QUICKSTART_FEATURES, ingest, missing_partitions
+
+
+def test_main_job_selects_every_stage_after_ingestion() -> None:
+    job = defs.resolve_job_def("carry_pipeline_job")
+    keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+    assert {"features/market_bars", "features/carry_features", "datasets/training_windows"} <= keys
+    assert not any(
+        key.startswith("raw/") for key in keys
+    )  # raw partitions come from ingest_job runs
+
+
+def test_quickstart_profile_is_valid_feature_settings() -> None:
+    from carry_pipeline.defs.features.resources import FeatureSettings
+
+    settings = FeatureSettings(**QUICKSTART_FEATURES)
+    assert settings.n_folds == 3
+
+
+def test_ingest_runs_only_missing_partitions(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import date
+
+    monkeypatch.setenv("CARRY_DUCKDB", str(tmp_path / "carry.duckdb"))
+    with dg.DagsterInstance.ephemeral() as instance:
+        day = date(2024, 1, 3)
+        assert ingest(defs, instance, day, day, ["BTC"]) == 1
+        key = dg.MultiPartitionKey({"asset": "BTC", "date": "2024-01-03"})
+        assert missing_partitions(instance, dg.AssetKey(["raw", "raw_perp_ohlcv"]), [key]) == []
+        assert ingest(defs, instance, day, day, ["BTC"]) == 0  # a re-run adds nothing
