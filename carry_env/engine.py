@@ -7,7 +7,6 @@ the same kernel on the same arrays, which is why the batched env equals B single
 from __future__ import annotations
 
 from datetime import datetime
-from operator import itemgetter
 from typing import Any
 
 import numba as nb
@@ -107,6 +106,8 @@ class Engine:
         self.term = np.zeros(b, dtype=np.bool_)
         self.trunc = np.zeros(b, dtype=np.bool_)
         self.info = np.zeros((b, k.N_INFO))
+        self.flags = np.zeros((b, k.N_FLAGS), dtype=np.bool_)
+        self.legs = np.zeros((b, k.N_LEGS, n))
         self.act = np.zeros((b, n))
         self.all_envs = np.arange(b, dtype=np.int64)
         self._kernel = k._step_parallel if parallel else k._step_serial
@@ -127,6 +128,8 @@ class Engine:
             self.term,
             self.trunc,
             self.info,
+            self.flags,
+            self.legs,
         )
         self._entry: Any = None
         self.names = observation_names(self.market.symbols, self.market.feature_names, e)
@@ -189,6 +192,7 @@ class Engine:
         self.is_[b, k.I_KEY] = int(rng.integers(0, np.iinfo(np.int64).max))
         self.ctx[b] = 0.0
         self.info[b] = 0.0
+        self.flags[b] = False
         self.info[b, k.K_EQUITY] = cash
         self.info[b, k.K_CASH] = cash
         t = self.tensor
@@ -204,6 +208,7 @@ class Engine:
             self.ctx,
             self.obs,
             self.info,
+            self.legs,
         )
         self.info[b, k.K_MARGIN_RATIO] = self.fs[b, k.F_MARGIN_RATIO]
 
@@ -241,6 +246,8 @@ class Engine:
             self.term,
             self.trunc,
             self.info,
+            self.flags,
+            self.legs,
         )
 
     def orders(self) -> Orders:
@@ -274,10 +281,9 @@ class Engine:
     # ---- views ----
     def info_dict(self, b: int) -> dict[str, Any]:
         """Env b's info of the last step as a dict of Python scalars, plus per-asset quantities."""
-        values = self.info[b].tolist()
-        info = dict(zip(k.INFO_NAMES, values, strict=True))
-        info.update(zip(_FLAG_NAMES, map(bool, _flag_values(values)), strict=True))
-        legs = self.as_[b, :, k.A_SPOT : k.A_COLL + 1].T.copy()
+        info: dict[str, Any] = dict(zip(k.INFO_NAMES, self.info[b].tolist(), strict=True))
+        info.update(zip(k.FLAG_NAMES, self.flags[b].tolist(), strict=True))
+        legs = self.legs[b].copy()
         info["spot_qty"] = legs[0]
         info["perp_qty"] = legs[1]
         info["collateral"] = legs[2]
@@ -286,19 +292,6 @@ class Engine:
     def max_leverage(self, b: int) -> np.ndarray:
         """`max_leverage_t` per asset at env b's current bar."""
         return self.tensor.mkt[self.is_[b, k.I_T], :, k.M_MAXLEV].copy()
-
-
-_FLAG_NAMES = (
-    "liquidated",
-    "halted",
-    "stale",
-    "flash_event",
-    "funding_spike",
-    "clamped",
-    "bankrupt",
-    "drawdown_breach",
-)
-_flag_values = itemgetter(*(k.INFO_NAMES.index(f) for f in _FLAG_NAMES))
 
 
 def _entry_point(dispatcher: Any, args: tuple[Any, ...]) -> Any:

@@ -82,10 +82,12 @@ from carry_env.config import (
     C_VOL_PENALTY,
 )
 
-# OpenMP's spin-waiting workers stall the Python thread between steps on small or busy machines
-# (measured on 2 cores: 5x fewer env-steps/s than the workqueue layer). A user's choice wins.
+# Parallel batches run on numba's OpenMP layer with bounded spinning: GNU OpenMP's default spin
+# (300k iterations) starves the Python thread on a busy 2-core machine (0.8M env-steps/s at B=1024),
+# while 10k spins keep the idle-machine speed (9.4M) and hold 4.5M under load; the workqueue layer
+# gives 3.2M idle. Set before libgomp loads; a user's own settings win.
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    nb.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
 def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -181,25 +183,17 @@ K_SPREAD_COST = 6
 K_IMPACT = 7
 K_BORROW = 8
 K_LIQ_LOSS = 9
-K_LIQUIDATED = 10
-K_MARGIN_RATIO = 11
-K_DRAWDOWN = 12
-K_LEVERAGE = 13
-K_HALTED = 14
-K_STALE = 15
-K_FLASH = 16
-K_SPIKE = 17
-K_CLAMPED = 18
-K_TURNOVER = 19
-K_UPNL = 20
-K_R_CARRY = 21
-K_R_BASIS = 22
-K_R_COSTS = 23
-K_R_RISK = 24
-K_BANKRUPT = 25
-K_DD_BREACH = 26
-K_MAX_LEVERAGE = 27
-N_INFO = 28
+K_MARGIN_RATIO = 10
+K_DRAWDOWN = 11
+K_LEVERAGE = 12
+K_TURNOVER = 13
+K_UPNL = 14
+K_R_CARRY = 15
+K_R_BASIS = 16
+K_R_COSTS = 17
+K_R_RISK = 18
+K_MAX_LEVERAGE = 19
+N_INFO = 20
 INFO_NAMES = (
     "equity",
     "cash",
@@ -211,25 +205,44 @@ INFO_NAMES = (
     "impact_cost",
     "borrow_cost",
     "liquidation_loss",
-    "liquidated",
     "margin_ratio",
     "drawdown",
     "leverage",
-    "halted",
-    "stale",
-    "flash_event",
-    "funding_spike",
-    "clamped",
     "turnover",
     "unrealised_pnl",
     "reward_carry",
     "reward_basis",
     "reward_costs",
     "risk_penalty",
-    "bankrupt",
-    "drawdown_breach",
     "max_leverage",
 )
+
+# ---- flags[B, G_*] (bool; a separate contiguous array, so batched infos copy it in one piece) ----
+G_LIQUIDATED = 0
+G_HALTED = 1
+G_STALE = 2
+G_FLASH = 3
+G_SPIKE = 4
+G_CLAMPED = 5
+G_BANKRUPT = 6
+G_DD_BREACH = 7
+N_FLAGS = 8
+FLAG_NAMES = (
+    "liquidated",
+    "halted",
+    "stale",
+    "flash_event",
+    "funding_spike",
+    "clamped",
+    "bankrupt",
+    "drawdown_breach",
+)
+
+# ---- legs[B, L_*, N]: positions after the step (spot qty, perp qty, isolated collateral) ----
+L_SPOT = 0
+L_PERP = 1
+L_COLL = 2
+N_LEGS = 3
 
 # ---- observation layout ----
 OBS_ASSET_MARKET = 15
@@ -647,13 +660,15 @@ def apply_env(
     term: np.ndarray,
     trunc: np.ndarray,
     info: np.ndarray,
+    flags: np.ndarray,
+    legs: np.ndarray,
 ) -> None:
     """Book env b's fills, advance one bar and settle it; write reward, flags, info and the next
     observation."""
     t = is_[b, I_T]
     n = as_.shape[1]
     e0 = fs[b, F_EQUITY]
-    info[b, K_CLAMPED] = float(is_[b, I_CLAMPED])
+    flags[b, G_CLAMPED] = is_[b, I_CLAMPED] != 0
     _book_fills(b, t, mkt, cfg, fs, as_, info)
     unified = cfg[C_UNIFIED] > 0.0
     # Prices at t, before the clock moves (the flash state is still that of bar t).
@@ -666,7 +681,7 @@ def apply_env(
     price_pnl = 0.0
     funding_pnl = 0.0
     borrow = 0.0
-    spike = 0.0
+    spike = False
     dt = cfg[C_BAR_YEARS]
     for i in range(n):
         s0 = as_[b, i, A_PX_S]
@@ -685,7 +700,7 @@ def apply_env(
                 rate = (
                     sign * cfg[C_SPIKE_BPS] * (0.5 + 0.5 * uniform(key, t1, _S_SPIKE + 3 * i + 2))
                 )
-                spike = 1.0
+                spike = True
             as_[b, i, A_R3] = as_[b, i, A_R2]
             as_[b, i, A_R2] = as_[b, i, A_R1]
             as_[b, i, A_R1] = rate
@@ -702,7 +717,7 @@ def apply_env(
         borrow += -fs[b, F_CASH] * cfg[C_USDT_BORROW] * dt
     fs[b, F_CASH] -= borrow
     halted1 = is_[b, I_HALT] > 0
-    info[b, K_HALTED] = 1.0 if halted1 else 0.0
+    flags[b, G_HALTED] = halted1
     ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
     liq_loss = 0.0
     liquidated = False
@@ -742,19 +757,19 @@ def apply_env(
     info[b, K_PRICE] = price_pnl
     info[b, K_BORROW] = borrow
     info[b, K_LIQ_LOSS] = liq_loss
-    info[b, K_LIQUIDATED] = 1.0 if liquidated else 0.0
+    flags[b, G_LIQUIDATED] = liquidated
     info[b, K_MARGIN_RATIO] = fs[b, F_MARGIN_RATIO]
     info[b, K_DRAWDOWN] = dd
-    info[b, K_STALE] = 1.0 if is_[b, I_OUTAGE] > 0 else 0.0
-    info[b, K_FLASH] = 1.0 if fs[b, F_FLASH_LEVEL] > 0.0 else 0.0
-    info[b, K_SPIKE] = spike
+    flags[b, G_STALE] = is_[b, I_OUTAGE] > 0
+    flags[b, G_FLASH] = fs[b, F_FLASH_LEVEL] > 0.0
+    flags[b, G_SPIKE] = spike
     info[b, K_R_CARRY] = r_carry * cfg[C_REWARD_SCALE]
     info[b, K_R_BASIS] = r_basis * cfg[C_REWARD_SCALE]
     info[b, K_R_COSTS] = r_costs * cfg[C_REWARD_SCALE]
     info[b, K_R_RISK] = risk * cfg[C_REWARD_SCALE]
-    info[b, K_BANKRUPT] = 1.0 if bankrupt else 0.0
-    info[b, K_DD_BREACH] = 1.0 if breach else 0.0
-    write_obs(b, False, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, info)
+    flags[b, G_BANKRUPT] = bankrupt
+    flags[b, G_DD_BREACH] = breach
+    write_obs(b, False, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, info, legs)
 
 
 @_jit(inline="always")
@@ -771,10 +786,10 @@ def write_obs(
     ctx: np.ndarray,
     obs: np.ndarray,
     info: np.ndarray,
+    legs: np.ndarray,
 ) -> None:
-    """Write env b's observation at its current bar (layout: `CarryTradeEnv` docstring) and
-    portfolio
-    info.
+    """Write env b's observation at its current bar (layout: `CarryTradeEnv` docstring), the
+    portfolio terms of its info and its positions (`legs`).
 
     Entries that are not bounded by construction are clipped to +-OBS_LIMIT.
 
@@ -864,6 +879,10 @@ def write_obs(
     obs[b, g + 10] = 1.0 if is_[b, I_HALT] > 0 else 0.0
     for k in range(ctx.shape[1]):
         obs[b, g + OBS_GLOBAL + k] = ctx[b, k]
+    for i in range(n):
+        legs[b, L_SPOT, i] = as_[b, i, A_SPOT]
+        legs[b, L_PERP, i] = as_[b, i, A_PERP]
+        legs[b, L_COLL, i] = as_[b, i, A_COLL]
     info[b, K_LEVERAGE] = gross / e
     info[b, K_UPNL] = upnl
     info[b, K_MAX_LEVERAGE] = maxlev
@@ -886,6 +905,8 @@ def _step_serial(
     term: np.ndarray,
     trunc: np.ndarray,
     info: np.ndarray,
+    flags: np.ndarray,
+    legs: np.ndarray,
 ) -> None:
     for j in range(envs.shape[0]):
         b = envs[j]
@@ -893,7 +914,9 @@ def _step_serial(
             continue  # episode over: the env waits for a reset
         plan_env(b, act, mkt, cfg, fs, as_, is_)
         sim_fill_env(b, mkt, cfg, fs, as_, is_)
-        apply_env(b, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, rew, term, trunc, info)
+        apply_env(
+            b, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, rew, term, trunc, info, flags, legs
+        )
 
 
 @_jit(parallel=True)
@@ -913,6 +936,8 @@ def _step_parallel(
     term: np.ndarray,
     trunc: np.ndarray,
     info: np.ndarray,
+    flags: np.ndarray,
+    legs: np.ndarray,
 ) -> None:
     n_chunks = min(envs.shape[0], 64)
     per = (envs.shape[0] + n_chunks - 1) // n_chunks
@@ -923,7 +948,24 @@ def _step_parallel(
                 continue  # episode over: the env waits for a reset
             plan_env(b, act, mkt, cfg, fs, as_, is_)
             sim_fill_env(b, mkt, cfg, fs, as_, is_)
-            apply_env(b, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, rew, term, trunc, info)
+            apply_env(
+                b,
+                mkt,
+                tfeat,
+                feats,
+                cfg,
+                fs,
+                as_,
+                is_,
+                ctx,
+                obs,
+                rew,
+                term,
+                trunc,
+                info,
+                flags,
+                legs,
+            )
 
 
 @_jit()
@@ -972,12 +1014,31 @@ def apply_batch(
     term: np.ndarray,
     trunc: np.ndarray,
     info: np.ndarray,
+    flags: np.ndarray,
+    legs: np.ndarray,
 ) -> None:
     """Phase 3 of the split path: book fills and advance the listed envs."""
     for j in range(envs.shape[0]):
         if is_[envs[j], I_T] >= is_[envs[j], I_END]:
             continue
-        apply_env(envs[j], mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, rew, term, trunc, info)
+        apply_env(
+            envs[j],
+            mkt,
+            tfeat,
+            feats,
+            cfg,
+            fs,
+            as_,
+            is_,
+            ctx,
+            obs,
+            rew,
+            term,
+            trunc,
+            info,
+            flags,
+            legs,
+        )
 
 
 @_jit()
@@ -993,6 +1054,7 @@ def reset_obs_batch(
     ctx: np.ndarray,
     obs: np.ndarray,
     info: np.ndarray,
+    legs: np.ndarray,
 ) -> None:
     """Write the first observation of freshly reset envs (state already initialised)."""
     for j in range(envs.shape[0]):
@@ -1000,4 +1062,4 @@ def reset_obs_batch(
         fs[b, F_MARGIN_RATIO] = min(
             _margin_ratios(b, is_[b, I_T], mkt, cfg, fs, as_), MARGIN_RATIO_CAP
         )
-        write_obs(b, True, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, info)
+        write_obs(b, True, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, info, legs)

@@ -135,29 +135,18 @@ class CarryTradeVectorEnv(VectorEnv):
 
     def _infos(self) -> dict[str, Any]:
         eng = self.engine
-        rows = eng.info.copy()  # one contiguous copy; every key is a column view of it
-        infos: dict[str, Any] = dict(zip(k.INFO_NAMES, rows.T, strict=True))
-        infos.update(zip(_FLAG_NAMES, (rows[:, _FLAG_INDEX] != 0.0).T, strict=True))
-        legs = eng.as_[:, :, k.A_SPOT : k.A_COLL + 1].copy()
-        infos["spot_qty"] = legs[:, :, 0]
-        infos["perp_qty"] = legs[:, :, 1]
-        infos["collateral"] = legs[:, :, 2]
+        # Three contiguous copies; every key is a view of one of them.
+        infos: dict[str, Any] = dict(zip(k.INFO_NAMES, eng.info.copy().T, strict=True))
+        infos.update(zip(k.FLAG_NAMES, eng.flags.copy().T, strict=True))
+        legs = eng.legs.copy()
+        infos["spot_qty"] = legs[:, k.L_SPOT]
+        infos["perp_qty"] = legs[:, k.L_PERP]
+        infos["collateral"] = legs[:, k.L_COLL]
         infos.update(self._masks)
         return infos
 
 
-_FLAG_NAMES = (
-    "liquidated",
-    "halted",
-    "stale",
-    "flash_event",
-    "funding_spike",
-    "clamped",
-    "bankrupt",
-    "drawdown_breach",
-)
-_FLAG_INDEX = np.array([k.INFO_NAMES.index(f) for f in _FLAG_NAMES])
-_INFO_KEYS = (*k.INFO_NAMES, "spot_qty", "perp_qty", "collateral")
+_INFO_KEYS = (*k.INFO_NAMES, *k.FLAG_NAMES, "spot_qty", "perp_qty", "collateral")
 
 
 def _env_seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
