@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import numba as nb
 import numpy as np
 
 from carry_env import kernel as k
@@ -231,29 +230,12 @@ class Engine:
             nxt = int(self.is_[b, k.I_T]) + 1
             if not self.feed.bar_ready(nxt):
                 raise RuntimeError(f"the market feed has no bar {nxt} for env {b}; it has ended")
-        k.apply_batch(
-            envs,
-            t.mkt,
-            t.tfeat,
-            t.feats,
-            self.cfg,
-            self.fs,
-            self.as_,
-            self.is_,
-            self.ctx,
-            self.obs,
-            self.rew,
-            self.term,
-            self.trunc,
-            self.info,
-            self.flags,
-            self.legs,
-        )
+        k.apply_batch(envs, *self._args[2:])  # the fused kernel's arrays, less the actions
 
     def orders(self) -> Orders:
         """The orders planned this step, with the quotes they were planned at."""
         q = np.zeros((self.num_envs, self.market.n_symbols, 5))
-        _quotes(self.all_envs, self.tensor.mkt, self.cfg, self.fs, self.as_, self.is_, q)
+        k.quotes_batch(self.all_envs, self.tensor.mkt, self.cfg, self.fs, self.as_, self.is_, q)
         return Orders(
             spot_qty=self.as_[:, :, k.A_DQ_S].copy(),
             perp_qty=self.as_[:, :, k.A_DQ_P].copy(),
@@ -301,25 +283,3 @@ def _entry_point(dispatcher: Any, args: tuple[Any, ...]) -> Any:
     sig = tuple(dispatcher.typeof_pyval(a) for a in args)
     cres = dispatcher.overloads.get(sig)
     return cres.entry_point if cres is not None else None
-
-
-@nb.njit(cache=True, error_model="numpy")  # type: ignore[untyped-decorator]
-def _quotes(
-    envs: np.ndarray,
-    mkt: np.ndarray,
-    cfg: np.ndarray,
-    fs: np.ndarray,
-    as_: np.ndarray,
-    is_: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    for j in range(envs.shape[0]):
-        b = envs[j]
-        t = is_[b, k.I_T]
-        for i in range(as_.shape[1]):
-            s, p, sd, pd = k.effective_prices(b, i, t, mkt, fs, as_, cfg)
-            out[b, i, 0] = s
-            out[b, i, 1] = p
-            out[b, i, 2] = sd
-            out[b, i, 3] = pd
-            out[b, i, 4] = mkt[t, i, k.M_SPREAD]

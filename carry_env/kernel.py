@@ -888,6 +888,36 @@ def write_obs(
     info[b, K_MAX_LEVERAGE] = maxlev
 
 
+@_jit(inline="always")
+def _step_env(
+    b: int,
+    act: np.ndarray,
+    mkt: np.ndarray,
+    tfeat: np.ndarray,
+    feats: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+    ctx: np.ndarray,
+    obs: np.ndarray,
+    rew: np.ndarray,
+    term: np.ndarray,
+    trunc: np.ndarray,
+    info: np.ndarray,
+    flags: np.ndarray,
+    legs: np.ndarray,
+) -> None:
+    # One fused step of env b: plan, simulated fills, apply. A finished env waits for a reset.
+    if is_[b, I_T] >= is_[b, I_END]:
+        return
+    plan_env(b, act, mkt, cfg, fs, as_, is_)
+    sim_fill_env(b, mkt, cfg, fs, as_, is_)
+    apply_env(
+        b, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, rew, term, trunc, info, flags, legs
+    )
+
+
 @_jit()
 def _step_serial(
     envs: np.ndarray,
@@ -909,13 +939,24 @@ def _step_serial(
     legs: np.ndarray,
 ) -> None:
     for j in range(envs.shape[0]):
-        b = envs[j]
-        if is_[b, I_T] >= is_[b, I_END]:
-            continue  # episode over: the env waits for a reset
-        plan_env(b, act, mkt, cfg, fs, as_, is_)
-        sim_fill_env(b, mkt, cfg, fs, as_, is_)
-        apply_env(
-            b, mkt, tfeat, feats, cfg, fs, as_, is_, ctx, obs, rew, term, trunc, info, flags, legs
+        _step_env(
+            envs[j],
+            act,
+            mkt,
+            tfeat,
+            feats,
+            cfg,
+            fs,
+            as_,
+            is_,
+            ctx,
+            obs,
+            rew,
+            term,
+            trunc,
+            info,
+            flags,
+            legs,
         )
 
 
@@ -939,33 +980,26 @@ def _step_parallel(
     flags: np.ndarray,
     legs: np.ndarray,
 ) -> None:
-    n_chunks = min(envs.shape[0], 64)
-    per = (envs.shape[0] + n_chunks - 1) // n_chunks
-    for c in nb.prange(n_chunks):
-        for j in range(c * per, min((c + 1) * per, envs.shape[0])):
-            b = envs[j]
-            if is_[b, I_T] >= is_[b, I_END]:
-                continue  # episode over: the env waits for a reset
-            plan_env(b, act, mkt, cfg, fs, as_, is_)
-            sim_fill_env(b, mkt, cfg, fs, as_, is_)
-            apply_env(
-                b,
-                mkt,
-                tfeat,
-                feats,
-                cfg,
-                fs,
-                as_,
-                is_,
-                ctx,
-                obs,
-                rew,
-                term,
-                trunc,
-                info,
-                flags,
-                legs,
-            )
+    for j in nb.prange(envs.shape[0]):
+        _step_env(
+            envs[j],
+            act,
+            mkt,
+            tfeat,
+            feats,
+            cfg,
+            fs,
+            as_,
+            is_,
+            ctx,
+            obs,
+            rew,
+            term,
+            trunc,
+            info,
+            flags,
+            legs,
+        )
 
 
 @_jit()
@@ -985,17 +1019,27 @@ def plan_batch(
 
 
 @_jit()
-def sim_fill_batch(
+def quotes_batch(
     envs: np.ndarray,
     mkt: np.ndarray,
     cfg: np.ndarray,
     fs: np.ndarray,
     as_: np.ndarray,
     is_: np.ndarray,
+    out: np.ndarray,
 ) -> None:
-    """Phase 2 of the split path, simulated: fills and costs for the listed envs."""
+    """The quotes orders of the split path are planned at: `out[b, i] = (spot, perp, spot depth,
+    perp depth, spread bp)` at each listed env's bar, anomalies included."""
     for j in range(envs.shape[0]):
-        sim_fill_env(envs[j], mkt, cfg, fs, as_, is_)
+        b = envs[j]
+        t = is_[b, I_T]
+        for i in range(as_.shape[1]):
+            s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+            out[b, i, 0] = s
+            out[b, i, 1] = p
+            out[b, i, 2] = sd
+            out[b, i, 3] = pd
+            out[b, i, 4] = mkt[t, i, M_SPREAD]
 
 
 @_jit()

@@ -175,21 +175,21 @@ def test_margin_flag_off_never_liquidates() -> None:
     assert not terminated and not info["liquidated"]
 
 
+HALT_EVERY_BAR = _cfg(
+    anomalies=True,
+    halt_per_day=96.0,
+    halt_bars=3,
+    flash_crash_per_day=0.0,
+    feed_outage_per_day=0.0,
+    funding_spike_prob=0.0,
+)
+"""A halt starts at the first new bar with probability 1 (96 a day on 15-min bars) for 3 bars."""
+
+
 def test_halt_blocks_fills() -> None:
-    # A halt starts at the first new bar with probability 1 (96 per day on 15-minute bars) and lasts
-    # 3 bars.
-    cfg = _cfg(
-        anomalies=True,
-        halt_per_day=96.0,
-        halt_bars=3,
-        flash_crash_per_day=0.0,
-        feed_outage_per_day=0.0,
-        funding_spike_prob=0.0,
-    )
-    env = _env(cfg)
-    _, _, _, _, info = env.step(
-        np.array([0.0])
-    )  # bar 0 trades normally (nothing to do); bar 1 is halted
+    env = _env(HALT_EVERY_BAR)
+    # Bar 0 trades normally (nothing to do); bar 1 is halted.
+    _, _, _, _, info = env.step(np.array([0.0]))
     assert info["halted"]
     _, _, _, _, info = env.step(np.array([1.0]))
     assert info["halted"] and info["fees"] == 0.0 and info["turnover"] == 0.0
@@ -197,15 +197,7 @@ def test_halt_blocks_fills() -> None:
 
 
 def test_halt_masks_every_action_but_hold() -> None:
-    cfg = _cfg(
-        anomalies=True,
-        halt_per_day=96.0,
-        halt_bars=3,
-        flash_crash_per_day=0.0,
-        feed_outage_per_day=0.0,
-        funding_spike_prob=0.0,
-    )
-    env = CarryTradeDiscreteEnv(make_frame(FLAT), cfg)
+    env = CarryTradeDiscreteEnv(make_frame(FLAT), HALT_EVERY_BAR)
     env.reset(seed=0)
     assert env.action_masks().all()  # bar 0 is not halted
     env.step(np.array([0]))
@@ -285,3 +277,45 @@ def test_anomaly_rng_is_uniform_and_stateless() -> None:
     assert abs(draws.mean() - 0.5) < 0.01
     assert uniform(12345, 7, 3) == uniform(12345, 7, 3)
     assert uniform(12345, 7, 3) != uniform(12346, 7, 3)
+
+
+def test_reward_terms_by_hand() -> None:
+    # Taker fees of 112.5 on opening (see test_fees), nothing else moves. With drawdown_threshold 0
+    # the drawdown penalty is 0.03 per day * (1/96 day) * drawdown 0.001125 = 3.515625e-7 of equity;
+    # reward = 1e4 * (-112.5 / 100,000 - 3.515625e-7) = -11.253515625 bp of equity.
+    cfg = _cfg(fees=True, drawdown_threshold=0.0)
+    env = _env(cfg)
+    _, reward, _, _, info = env.step(np.array([1.0]))
+    assert info["drawdown"] == pytest.approx(0.001125)
+    assert info["reward_costs"] == pytest.approx(11.25)
+    assert info["risk_penalty"] == pytest.approx(1e4 * 3.515625e-7)
+    assert reward == pytest.approx(-11.253515625)
+    assert reward == pytest.approx(
+        info["reward_carry"] + info["reward_basis"] - info["reward_costs"] - info["risk_penalty"]
+    )
+
+
+def test_drawdown_breach_terminates() -> None:
+    # Fees take 0.1125 % of equity: over a 0.1 % drawdown limit.
+    env = _env(_cfg(fees=True, drawdown_limit=0.001))
+    _, _, terminated, _, info = env.step(np.array([1.0]))
+    assert terminated and info["drawdown_breach"] and not info["liquidated"]
+
+
+def test_bankruptcy_terminates() -> None:
+    # Unhedged by construction: spot collapses 99 % with margin checks off; the leveraged long spot
+    # (leverage_cap 4: 200,000 of spot on 100,000 of equity) loses more than the account holds.
+    env = _env(_cfg(margin=False, leverage_cap=4.0), spot=[100, 1, 1], perp=[100, 100, 100])
+    _, _, terminated, _, info = env.step(np.array([1.0]))
+    assert terminated and info["bankrupt"] and info["equity"] < 0
+
+
+def test_volatility_penalty_grows_with_unhedged_risk() -> None:
+    # Same prices, perp pinned: a hedged book barely moves, an unhedged spot leg does.
+    spot = [100, 103, 98, 104, 97, 105]
+    hedged = _env(_cfg(volatility_penalty=1.0), spot=spot, perp=spot)
+    unhedged = _env(_cfg(volatility_penalty=1.0), spot=spot, perp=[100] * 6)
+    for _ in range(4):
+        _, _, _, _, h = hedged.step(np.array([1.0]))
+        _, _, _, _, u = unhedged.step(np.array([1.0]))
+    assert h["risk_penalty"] < 1e-9 < u["risk_penalty"]
