@@ -221,7 +221,8 @@ class EnvConfig:
     feed_outage_bars: int = 4
     """Length of a feed outage in bars."""
     funding_spike_prob: float = 0.01
-    """Probability that a settlement prints a spike of either sign instead of the data's rate."""
+    """Probability that a settlement prints an anomaly instead of the data's rate: half of them a
+    spike of either sign, half the data's rate with its sign flipped."""
     funding_spike_bps: float = 30.0
     """Typical spike magnitude (drawn in [0.5, 1] x this)."""
 

@@ -26,7 +26,8 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     work), maker/taker fees, half the spread, depth-based impact and a tick, interest on borrowed
     coins and USDT, isolated (or unified) perp margin with liquidation at a haircut plus a
     liquidation fee, a volatility-dependent leverage limit, and seeded anomalies (flash crashes with
-    basis blow-outs and thin books, exchange halts, funding spikes, market-data outages).
+    basis blow-outs and thin books, exchange halts, funding spikes and sign flips, market-data
+    outages).
 
     Timing: the observation at bar t uses data stamped at or before t. Orders fill at bar t's prices
     (plus costs); the clock then moves to t + 1, where positions are marked, funding settled at t +

@@ -310,6 +310,17 @@ def leg_costs(
 
 
 @_jit(inline="always")
+def _funding_anomaly(rate: float, key: int, t: int, stream: int, spike: float) -> float:
+    # Half the anomalies print a spike of either sign (magnitude in [0.5, 1] x spike), half flip the
+    # sign of the scheduled print (a zero print becomes -1 bp).
+    u = uniform(key, t, stream)
+    if u < 0.5:
+        sign = -1.0 if u < 0.25 else 1.0
+        return sign * spike * (0.5 + 0.5 * uniform(key, t, stream + 1))
+    return -rate if rate != 0.0 else -1e-4
+
+
+@_jit(inline="always")
 def _bounded(x: float) -> float:
     # Keeps the entries that are not bounded by construction (ratios to equity, user features) in
     # the space.
@@ -696,10 +707,7 @@ def apply_env(
         if not math.isnan(rate):
             key = is_[b, I_KEY]
             if cfg[C_ANOMALIES] > 0.0 and uniform(key, t1, _S_SPIKE + 3 * i) < cfg[C_P_SPIKE]:
-                sign = -1.0 if uniform(key, t1, _S_SPIKE + 3 * i + 1) < 0.5 else 1.0
-                rate = (
-                    sign * cfg[C_SPIKE_BPS] * (0.5 + 0.5 * uniform(key, t1, _S_SPIKE + 3 * i + 2))
-                )
+                rate = _funding_anomaly(rate, key, t1, _S_SPIKE + 3 * i + 1, cfg[C_SPIKE_BPS])
                 spike = True
             as_[b, i, A_R3] = as_[b, i, A_R2]
             as_[b, i, A_R2] = as_[b, i, A_R1]

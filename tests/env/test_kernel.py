@@ -319,3 +319,24 @@ def test_volatility_penalty_grows_with_unhedged_risk() -> None:
         _, _, _, _, h = hedged.step(np.array([1.0]))
         _, _, _, _, u = unhedged.step(np.array([1.0]))
     assert h["risk_penalty"] < 1e-9 < u["risk_penalty"]
+
+
+def test_funding_anomalies_spike_or_flip_the_print() -> None:
+    # Every settlement is an anomaly: the rate the short perp (about 750 contracts at 100) is paid
+    # on is either the +1 bp print flipped to -1 bp or a spike of 15..30 bp of either sign.
+    cfg = _cfg(anomalies=True, funding_spike_prob=1.0, halt_per_day=0.0, flash_crash_per_day=0.0,
+               feed_outage_per_day=0.0)  # fmt: skip
+    n = 200
+    env = _env(cfg, spot=[100.0] * n, funding=[None] + [0.0001] * (n - 1))
+    flips = spikes = 0
+    for _ in range(n - 1):
+        _, _, _, _, info = env.step(np.array([1.0]))
+        # funding = -perp_qty * perp_price * rate, on the position held after this step's trade
+        rate = info["funding_pnl"] / (-info["perp_qty"][0] * 100.0)
+        assert info["funding_spike"]
+        if rate == pytest.approx(-1e-4):
+            flips += 1
+        else:
+            assert 15e-4 - 1e-12 <= abs(rate) <= 30e-4 + 1e-12
+            spikes += 1
+    assert flips > 50 and spikes > 50
