@@ -271,10 +271,6 @@ class Engine:
         info["collateral"] = legs[2]
         return info
 
-    def max_leverage(self, b: int) -> np.ndarray:
-        """`max_leverage_t` per asset at env b's current bar."""
-        return self.tensor.mkt[self.is_[b, k.I_T], :, k.M_MAXLEV].copy()
-
 
 def _entry_point(dispatcher: Any, args: tuple[Any, ...]) -> Any:
     # The compiled function for these argument types, called without numba's per-call type dispatch
