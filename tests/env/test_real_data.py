@@ -1,5 +1,4 @@
-"""The env on real Binance BTCUSDT data (2023-06 .. 2025-03): spot and perp 1 h closes, 8 h
-settlements.
+"""The env on real Binance BTCUSDT data, 2023-06 .. 2025-03: 1 h spot/perp closes, 8 h prints.
 
 The files live in `../shared/data/real/gobbles404_perp_arb/raw_fe434800` (no licence: read at test
 time, never copied into the repository); the tests skip when `../shared` is not beside the
