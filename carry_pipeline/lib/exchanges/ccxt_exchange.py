@@ -6,6 +6,10 @@ limits `DDoSProtection`/`RateLimitExceeded`, `RequestTimeout`, `ExchangeNotAvail
 any other `ExchangeError` (bad symbol, authentication, bad request) into `PermanentExchangeError` at
 once. ccxt silently parses an undecodable body as "no rows", which would end a pagination early and
 leave a gap; `_call` therefore checks that the last HTTP body was valid JSON.
+
+Paging follows each venue's rules: klines and Binance funding are paged forwards from `since`;
+Bybit and OKX funding history answer with the newest rows of the range asked for and are paged
+backwards from the window end; rows per request are capped at what the venue serves.
 """
 
 from __future__ import annotations
@@ -46,6 +50,24 @@ from carry_pipeline.lib.schemas import (
 # for the window's first row (intervals are at most 8 h on the venues supported).
 _FUNDING_LOOKBACK = timedelta(hours=24)
 
+# Rows one request returns at most where a venue serves fewer than `page_limit` may ask for (Bybit
+# v5 funding history 200; OKX v5 candles and history-candles 300, funding history 100). Page
+# budgets and the "short page = last page" test must count the venue's pages.
+_PAGE_CAP: dict[tuple[str, str], int] = {
+    ("bybit", "funding"): 200,
+    ("okx", "ohlcv"): 300,
+    ("okx", "funding"): 100,
+}
+# Venues whose funding history answers with the NEWEST `limit` rows of the range asked for, so
+# paging forward from `since` skips rows (Bybit, when the range ccxt derives from the current
+# funding interval holds more than a page) or only ever gets the latest rows (OKX ignores a lone
+# `before`). They are paged backwards from the window end: ccxt param of the upper bound, and
+# whether the venue treats it as inclusive.
+_FUNDING_UPPER_BOUND: dict[str, tuple[str, bool]] = {
+    "bybit": ("until", True),  # -> endTime
+    "okx": ("after", False),  # "records earlier than"
+}
+
 
 class CcxtExchange:
     """Market data from ccxt exchanges.
@@ -64,7 +86,9 @@ class CcxtExchange:
             attempts).
         backoff_s: first retry delay; doubles on every further retry.
         max_backoff_s: cap of one retry delay.
-        page_limit: rows requested per page (Binance serves at most 1000 spot klines per call).
+        page_limit: rows requested per page (Binance serves at most 1000 spot klines per call);
+            capped per venue where it serves fewer (Bybit funding 200, OKX candles 300, OKX
+            funding 100).
         order_book_limit: price levels requested per side.
         sleep: the sleep function used between retries (tests pass a recorder).
         clock: returns "now" (UTC).
@@ -171,12 +195,11 @@ class CcxtExchange:
         start_ms, end_ms = _ms(start), _ms(end)
         rows: list[list[Any]] = []
         since = start_ms
-        max_pages = math.ceil((end_ms - start_ms) / step_ms / self.page_limit) + 2
+        limit = self._page_size(client.id, "ohlcv")
+        max_pages = math.ceil((end_ms - start_ms) / step_ms / limit) + 2
         what = f"{client.id}.fetch_ohlcv({symbol}, {timeframe})"
         for _ in range(max_pages):
-            page = self._call(
-                client.fetch_ohlcv, symbol, timeframe, since, self.page_limit, what=what
-            )
+            page = self._call(client.fetch_ohlcv, symbol, timeframe, since, limit, what=what)
             page = [_check_ohlcv_row(r, what) for r in page if r and since <= r[0] < end_ms]
             if not page:
                 break
@@ -206,23 +229,13 @@ class CcxtExchange:
         what = f"{client.id}.fetch_funding_rate_history({symbol})"
         since = _ms(start - _FUNDING_LOOKBACK)
         end_ms = _ms(end)
-        records: list[dict[str, Any]] = []
+        limit = self._page_size(client.id, "funding")
         # Settlements are at least an hour apart.
-        max_pages = math.ceil((end_ms - since) / 3_600_000 / self.page_limit) + 2
-        for _ in range(max_pages):
-            page = self._call(
-                client.fetch_funding_rate_history, symbol, since, self.page_limit, what=what
-            )
-            page = [r for r in page if r.get("timestamp") is not None and since <= r["timestamp"]]
-            page = [r for r in page if r["timestamp"] < end_ms]
-            if not page:
-                break
-            records.extend(page)
-            since = int(page[-1]["timestamp"]) + 1
-            if len(page) < self.page_limit:
-                break
+        max_pages = math.ceil((end_ms - since) / 3_600_000 / limit) + 2
+        if client.id in _FUNDING_UPPER_BOUND:
+            records = self._funding_backwards(client, symbol, since, end_ms, limit, max_pages, what)
         else:
-            raise TransientExchangeError(f"{what}: pagination did not finish in {max_pages} pages")
+            records = self._funding_forwards(client, symbol, since, end_ms, limit, max_pages, what)
         now = self.clock()
         frame = _funding_frame(records, what)
         frame = add_interval_hours(frame.unique("funding_time", keep="first"))
@@ -265,6 +278,68 @@ class CcxtExchange:
         return conform(with_ingested_at(frame, now), ORDER_BOOK_SCHEMA, table="raw_order_book")
 
     # ---------------------------------------------------------------------------------------------
+
+    def _page_size(self, exchange_id: str, kind: str) -> int:
+        # Rows per request: page_limit, capped by what the venue serves.
+        return min(self.page_limit, _PAGE_CAP.get((exchange_id, kind), self.page_limit))
+
+    def _funding_forwards(
+        self,
+        client: ccxt.Exchange,
+        symbol: str,
+        since: int,
+        end_ms: int,
+        limit: int,
+        max_pages: int,
+        what: str,
+    ) -> list[dict[str, Any]]:
+        # Oldest-first venues (Binance): each page starts just after the last row received.
+        records: list[dict[str, Any]] = []
+        for _ in range(max_pages):
+            page = self._call(client.fetch_funding_rate_history, symbol, since, limit, what=what)
+            page = [r for r in page if r.get("timestamp") is not None and since <= r["timestamp"]]
+            page = [r for r in page if r["timestamp"] < end_ms]
+            if not page:
+                break
+            records.extend(page)
+            since = int(page[-1]["timestamp"]) + 1
+            if len(page) < limit:
+                break
+        else:
+            raise TransientExchangeError(f"{what}: pagination did not finish in {max_pages} pages")
+        return records
+
+    def _funding_backwards(
+        self,
+        client: ccxt.Exchange,
+        symbol: str,
+        since: int,
+        end_ms: int,
+        limit: int,
+        max_pages: int,
+        what: str,
+    ) -> list[dict[str, Any]]:
+        # Newest-first venues (Bybit, OKX): ask for [since, upper) and lower `upper` to the oldest
+        # row received, until a page comes back short (the range holds no more rows).
+        param, inclusive = _FUNDING_UPPER_BOUND[client.id]
+        records: list[dict[str, Any]] = []
+        upper = end_ms
+        for _ in range(max_pages):
+            bound = {param: upper - 1 if inclusive else upper}
+            raw = self._call(
+                client.fetch_funding_rate_history, symbol, since, limit, bound, what=what
+            )
+            page = [r for r in raw if r.get("timestamp") is not None]
+            page = [r for r in page if since <= r["timestamp"] < upper]
+            if not page:
+                break
+            records.extend(page)
+            upper = min(int(r["timestamp"]) for r in page)
+            if len(raw) < limit or upper <= since:
+                break
+        else:
+            raise TransientExchangeError(f"{what}: pagination did not finish in {max_pages} pages")
+        return sorted(records, key=lambda r: int(r["timestamp"]))
 
     def _call(self, fn: Callable[..., Any], *args: Any, what: str) -> Any:
         # Bounded retries with exponential backoff on transient errors; permanent errors at once.
