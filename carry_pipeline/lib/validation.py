@@ -115,21 +115,38 @@ def check_ohlcv(
     ]
 
 
-def check_funding(frame: pl.DataFrame, *, max_abs_rate: float) -> list[CheckOutcome]:
+LONGEST_FUNDING_INTERVAL_HOURS = 8.0
+"""No venue in use settles less often than every 8 h: a window of W hours holds at least W // 8."""
+
+
+def check_funding(
+    frame: pl.DataFrame,
+    *,
+    max_abs_rate: float,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    now: datetime | None = None,
+    symbol: str = "",
+) -> list[CheckOutcome]:
     """Invariants of one partition of `raw_funding_rates` (one symbol).
 
-    Missing rates are a failure, never filled with 0.
+    Missing rates are a failure, never filled with 0; so is a window with fewer settlements than the
+    longest interval allows (a venue that no longer serves that history returns nothing).
 
     Args:
         frame: the partition's rows.
         max_abs_rate: plausible bound of |funding_rate| per interval (exchange caps are 0.3-4 %).
+        start: window start (UTC); with `end`, enables the settlements-present check.
+        end: window end (UTC, exclusive).
+        now: fetch time; settlements after it cannot exist yet (defaults to `end`).
+        symbol: the partition's symbol, named when its settlements are missing.
     """
     nulls = frame.filter(pl.col("funding_rate").is_null() | pl.col("funding_rate").is_nan())
     out = frame.filter(pl.col("funding_rate").abs() > max_abs_rate)
     bad_interval = frame.filter(
         pl.col("interval_hours").is_not_null() & ~pl.col("interval_hours").is_between(0.5, 24.0)
     )
-    return [
+    outcomes = [
         unique_increasing(frame, "funding_time", "funding_times_unique_and_increasing"),
         _outcome(
             "no_null_funding_rates",
@@ -145,6 +162,28 @@ def check_funding(frame: pl.DataFrame, *, max_abs_rate: float) -> list[CheckOutc
             "intervals",
         ),
     ]
+    if start is not None and end is not None:
+        outcomes.append(settlements_present(frame, start, min(end, now or end), symbol))
+    return outcomes
+
+
+def settlements_present(
+    frame: pl.DataFrame, start: datetime, end: datetime, symbol: str
+) -> CheckOutcome:
+    """At least one settlement of `symbol` per LONGEST_FUNDING_INTERVAL_HOURS of `[start, end)`."""
+    hours = max((end - start).total_seconds() / 3_600.0, 0.0)
+    expected = int(hours // LONGEST_FUNDING_INTERVAL_HOURS)
+    short = pl.DataFrame(
+        {"symbol": [symbol], "settlements": [frame.height], "expected_at_least": [expected]}
+    ).filter(pl.col("settlements") < pl.col("expected_at_least"))
+    return _outcome(
+        "funding_settlements_present",
+        short,
+        f"at least {expected} settlements in {hours:g} h",
+        f"{symbol}: {frame.height} settlements between {start:%Y-%m-%d %H:%M} and "
+        f"{end:%Y-%m-%d %H:%M} UTC, fewer than the {expected} the longest interval allows: the "
+        "venue served no such history (missing funding is never filled)",
+    )
 
 
 def check_order_book(frame: pl.DataFrame) -> list[CheckOutcome]:

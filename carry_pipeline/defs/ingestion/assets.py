@@ -46,6 +46,7 @@ FUNDING_CHECKS = {
     "funding_times_unique_and_increasing": "Settlement times strictly increase per symbol.",
     "no_null_funding_rates": "Every settlement has a rate (missing funding is never filled).",
     "funding_rate_within_bounds": "|rate| within exchange.max_abs_funding_rate; sane intervals.",
+    "funding_settlements_present": "At least one settlement per 8 h of the partition (up to now).",
 }
 BOOK_CHECKS = {
     "snapshot_times_unique_and_increasing": "Snapshot times strictly increase per symbol/market.",
@@ -226,10 +227,18 @@ def raw_funding_rates(
     perps = [Pair(b, exchange.quote).perp for b in scope.bases]
     client = _client(exchange, scope, perps)
     frames, outcomes = [], []
+    fetched_at = utc_now()
     for sym in perps:
         f = _guard(partial(client.fetch_funding, sym, scope.start, scope.end))
         frames.append(f)
-        outcomes += check_funding(f, max_abs_rate=exchange.max_abs_funding_rate)
+        outcomes += check_funding(
+            f,
+            max_abs_rate=exchange.max_abs_funding_rate,
+            start=scope.start,
+            end=scope.end,
+            now=fetched_at,
+            symbol=sym,
+        )
     yield _output(pl.concat(frames), scope, client, "perp")
     yield from _results(outcomes, "raw_funding_rates")
 

@@ -50,7 +50,7 @@ def test_two_partitions_a_rerun_and_a_query(tmp_path: Path) -> None:
         result = dg.materialize(RAW + SUITES, resources=res, partition_key=key)
         assert result.success
         evaluations = result.get_asset_check_evaluations()
-        assert len(evaluations) == 4 + 4 + 3 + 2 + 4  # in-asset invariants + 4 GX suites
+        assert len(evaluations) == 4 + 4 + 4 + 2 + 4  # in-asset invariants + 4 GX suites
         assert all(e.passed for e in evaluations)
         with duckdb.connect(str(db), read_only=True) as con:
             counts.append(

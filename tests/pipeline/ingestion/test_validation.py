@@ -129,3 +129,31 @@ def test_order_book_invariants() -> None:
     out = _by_name(check_order_book(good))
     assert out["snapshot_times_unique_and_increasing"].passed  # same ts, different markets
     assert not out["book_not_crossed"].passed and out["book_not_crossed"].failed_rows == 1
+
+
+@pytest.mark.parametrize(
+    ("settlements", "now_hours", "passed"),
+    [
+        (3, 24, True),  # a full day at 8 h: 00, 08, 16
+        (0, 24, False),  # the venue served nothing (OKX keeps ~3 months): never filled, a failure
+        (2, 24, False),  # one 8 h print missing
+        (1, 9, True),  # today's partition fetched at 09:00: one full 8 h interval has elapsed
+        (6, 24, True),  # 4 h settlements: more than the 8 h floor
+    ],
+)
+def test_settlements_present(settlements: int, now_hours: int, passed: bool) -> None:
+    frame = _funding([0.0001] * settlements)
+    out = _by_name(
+        check_funding(
+            frame,
+            max_abs_rate=0.03,
+            start=T0,
+            end=T0 + timedelta(days=1),
+            now=T0 + timedelta(hours=now_hours),
+            symbol="BTC/USDT:USDT",
+        )
+    )
+    check = out["funding_settlements_present"]
+    assert check.passed is passed
+    if not passed:
+        assert check.failed_rows == 1 and "BTC/USDT:USDT" in check.description
