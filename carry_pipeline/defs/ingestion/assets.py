@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -86,6 +87,22 @@ def _specs(name: str, checks: dict[str, str]) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(check, asset=dg.AssetKey([SCHEMA, name]), blocking=True, description=d)
         for check, d in checks.items()
     ]
+
+
+def _raw_asset(name: str, *, time_column: str, checks: dict[str, str]) -> Any:
+    # Every raw table: schema `raw`, day x asset partitions on its event-time column, blocking
+    # in-asset checks, the exchange pool and the transient-error retry policy.
+    return dg.asset(
+        name=name,
+        key_prefix=SCHEMA,
+        group_name=GROUP,
+        partitions_def=ingest_partitions,
+        metadata={"partition_expr": {"date": time_column, "asset": _ASSET_EXPR}},
+        check_specs=_specs(name, checks),
+        pool=POOL,
+        retry_policy=RETRY,
+        kinds={"duckdb", "polars"},
+    )
 
 
 def _guard(fn: Callable[[], pl.DataFrame]) -> pl.DataFrame:
@@ -175,16 +192,7 @@ def _ohlcv(
     yield from _results(outcomes, name)
 
 
-@dg.asset(
-    key_prefix=SCHEMA,
-    group_name=GROUP,
-    partitions_def=ingest_partitions,
-    metadata={"partition_expr": {"date": "ts", "asset": _ASSET_EXPR}},
-    check_specs=_specs("raw_spot_ohlcv", OHLCV_CHECKS),
-    pool=POOL,
-    retry_policy=RETRY,
-    kinds={"duckdb", "polars"},
-)
+@_raw_asset("raw_spot_ohlcv", time_column="ts", checks=OHLCV_CHECKS)
 def raw_spot_ohlcv(
     context: AssetExecutionContext, exchange: ExchangeResource
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
@@ -192,16 +200,7 @@ def raw_spot_ohlcv(
     yield from _ohlcv(context, exchange, "spot")
 
 
-@dg.asset(
-    key_prefix=SCHEMA,
-    group_name=GROUP,
-    partitions_def=ingest_partitions,
-    metadata={"partition_expr": {"date": "ts", "asset": _ASSET_EXPR}},
-    check_specs=_specs("raw_perp_ohlcv", OHLCV_CHECKS),
-    pool=POOL,
-    retry_policy=RETRY,
-    kinds={"duckdb", "polars"},
-)
+@_raw_asset("raw_perp_ohlcv", time_column="ts", checks=OHLCV_CHECKS)
 def raw_perp_ohlcv(
     context: AssetExecutionContext, exchange: ExchangeResource
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
@@ -209,16 +208,7 @@ def raw_perp_ohlcv(
     yield from _ohlcv(context, exchange, "perp")
 
 
-@dg.asset(
-    key_prefix=SCHEMA,
-    group_name=GROUP,
-    partitions_def=ingest_partitions,
-    metadata={"partition_expr": {"date": "funding_time", "asset": _ASSET_EXPR}},
-    check_specs=_specs("raw_funding_rates", FUNDING_CHECKS),
-    pool=POOL,
-    retry_policy=RETRY,
-    kinds={"duckdb", "polars"},
-)
+@_raw_asset("raw_funding_rates", time_column="funding_time", checks=FUNDING_CHECKS)
 def raw_funding_rates(
     context: AssetExecutionContext, exchange: ExchangeResource
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
@@ -243,16 +233,7 @@ def raw_funding_rates(
     yield from _results(outcomes, "raw_funding_rates")
 
 
-@dg.asset(
-    key_prefix=SCHEMA,
-    group_name=GROUP,
-    partitions_def=ingest_partitions,
-    metadata={"partition_expr": {"date": "ts", "asset": _ASSET_EXPR}},
-    check_specs=_specs("raw_order_book", BOOK_CHECKS),
-    pool=POOL,
-    retry_policy=RETRY,
-    kinds={"duckdb", "polars"},
-)
+@_raw_asset("raw_order_book", time_column="ts", checks=BOOK_CHECKS)
 def raw_order_book(
     context: AssetExecutionContext, exchange: ExchangeResource
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
