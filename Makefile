@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck bench clean
+.PHONY: install run test lint typecheck bench mutation clean
 
 # torch==2.13.0 is installed on its own first: that pin resolves to the local CPU wheel, and any
 # other torch requirement would pull several GB of CUDA packages.
@@ -33,6 +33,10 @@ typecheck: install
 
 bench: install
 	$(PY) bench/env_throughput.py
+
+# The curated mutation check (tests/mutation/specs/): not part of `make test`; MUTATION_ARGS=--only ID.
+mutation: install
+	$(PY) -m tests.mutation.run $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

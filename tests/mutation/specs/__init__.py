@@ -1,0 +1,1 @@
+"""Curated mutations, one module per area; each defines `MUTATIONS: list[Mutation]`."""
