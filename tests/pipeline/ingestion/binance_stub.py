@@ -25,7 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 KLINE_PATHS = ("/api/v3/klines", "/fapi/v1/klines")
 DEPTH_PATHS = ("/api/v3/depth", "/fapi/v1/depth")
 FUNDING_PATH = "/fapi/v1/fundingRate"
-CAPITAL_CONFIG_PATH = "/sapi/v1/capital/config/getall"
+# Signed endpoints (X-MBX-APIKEY header) that ccxt's fetch_currencies calls when keys are set.
+SIGNED_PATHS = ("/sapi/v1/capital/config/getall", "/sapi/v1/margin/allPairs")
 # Binance's messages for the error codes the fault queue can send.
 BINANCE_MESSAGES = {
     -1000: "An unknown error occured while processing the request.",
@@ -130,7 +131,7 @@ class BinanceStub:
             if rows is None:
                 return _bad_symbol()
             return 200, _window(rows, q, lambda r: int(r["fundingTime"]), 1000, 100)
-        if path == CAPITAL_CONFIG_PATH:  # signed (X-MBX-APIKEY): ccxt calls it when keys are set
+        if path in SIGNED_PATHS:
             return 200, []
         if path in DEPTH_PATHS:
             book = self.depth.get((path, symbol))
