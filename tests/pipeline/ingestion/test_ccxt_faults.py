@@ -60,7 +60,7 @@ def _funding_got(frame: pl.DataFrame) -> list[tuple]:
     ("path", "symbol", "market"),
     [(SPOT_KLINES, "BTC/USDT", "spot"), (PERP_KLINES, "BTC/USDT:USDT", "perp")],
 )
-@pytest.mark.parametrize("fault", ["500:-1000", "503:-1001", "503:-1008"])
+@pytest.mark.parametrize("fault", ["500:-1000", "503:-1001", "503:-1008", "200:-1008"])
 def test_binance_transient_codes_are_retried(
     stub: BinanceStub,
     ccxt_client: CcxtExchange,
@@ -70,7 +70,8 @@ def test_binance_transient_codes_are_retried(
     symbol: str,
     market: str,
 ) -> None:
-    # ccxt raises OperationFailed / ExchangeError for these, not a NetworkError: still transient.
+    # ccxt raises OperationFailed / ExchangeError for these, not a NetworkError: still transient,
+    # by the venue code alone too (200 with an error code, as Bybit and OKX answer).
     stub.inject(path, fault, fault)
     start, end = DAY, DAY + timedelta(hours=2)
     frame = ccxt_client.fetch_ohlcv(symbol, market, "5m", start, end)  # type: ignore[arg-type]
