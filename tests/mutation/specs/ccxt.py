@@ -1,6 +1,7 @@
 """Curated mutations of the ccxt exchange client and the `exchange` resource (issue 8 sections 2-4):
 retry classification, Retry-After, mid-range empty pages, short funding pages, config validation,
-credentials and key redaction. Each was applied by hand and fails at least one of its tests."""
+credentials, key redaction and live order-book appends. Each was applied by hand and fails at
+least one of its tests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ CCXT = "carry_pipeline/lib/exchanges/ccxt_exchange.py"
 RESOURCES = "carry_pipeline/defs/ingestion/resources.py"
 FAULTS = "tests/pipeline/ingestion/test_ccxt_faults.py"
 RESOURCE_TESTS = "tests/pipeline/ingestion/test_resources.py"
+SNAPSHOTS = "carry_pipeline/defs/ingestion/order_book_snapshots.py"
+SNAPSHOT_TESTS = "tests/pipeline/ingestion/test_order_book_snapshots.py"
 
 MUTATIONS: list[Mutation] = [
     Mutation(
@@ -119,5 +122,13 @@ MUTATIONS: list[Mutation] = [
         new="_RedactingLogger(client.logger, [])",
         tests=(f"{RESOURCE_TESTS}::test_no_key_reaches_any_log_or_the_event_log",),
         note="ccxt's DEBUG log prints the X-MBX-APIKEY header in clear",
+    ),
+    Mutation(
+        id="snapshots-appended-twice",
+        path=SNAPSHOTS,
+        old='f"where not exists (select 1 from {TABLE} t where {on})"',
+        new='f"where {on!r} is not null"',
+        tests=(f"{SNAPSHOT_TESTS}::test_live_snapshots_appended_once",),
+        note="a re-run of the snapshot job stores the same books again (duplicate rows)",
     ),
 ]
