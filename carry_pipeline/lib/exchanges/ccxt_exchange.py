@@ -405,22 +405,34 @@ class CcxtExchange:
         what: str,
     ) -> list[dict[str, Any]]:
         # Newest-first venues (Bybit, OKX): ask for [since, upper) and lower `upper` to the oldest
-        # row received, until a page comes back short (the range holds no more rows).
+        # row received, until a page comes back short (the range holds no more rows). An empty
+        # page after a full one, with a settlement interval or more left above `since`, is a
+        # lost page and retried.
         param, inclusive = _FUNDING_UPPER_BOUND[client.id]
         records: list[dict[str, Any]] = []
         upper = end_ms
-        for _ in range(max_pages):
-            bound = {param: upper - 1 if inclusive else upper}
+        served_len = [0]
+
+        def fetch(up: int) -> list[dict[str, Any]]:
+            bound = {param: up - 1 if inclusive else up}
             raw = self._call(
                 client.fetch_funding_rate_history, symbol, since, limit, bound, what=what
             )
-            page = [r for r in raw if r.get("timestamp") is not None]
+            served_len[0] = len(raw)
+            return [r for r in raw if r.get("timestamp") is not None]
+
+        for _ in range(max_pages):
+            page = self._page(
+                lambda u=upper: fetch(u),  # type: ignore[misc]
+                expect_rows=bool(records) and upper - _MAX_FUNDING_INTERVAL_MS > since,
+                what=f"{what} before {ms_to_ts([upper])[0]}",
+            )
             page = [r for r in page if since <= r["timestamp"] < upper]
             if not page:
                 break
             records.extend(page)
             upper = min(int(r["timestamp"]) for r in page)
-            if len(raw) < limit or upper <= since:
+            if served_len[0] < limit or upper <= since:
                 break
         else:
             raise TransientExchangeError(f"{what}: pagination did not finish in {max_pages} pages")

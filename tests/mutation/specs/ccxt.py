@@ -11,6 +11,7 @@ CCXT = "carry_pipeline/lib/exchanges/ccxt_exchange.py"
 RESOURCES = "carry_pipeline/defs/ingestion/resources.py"
 FAULTS = "tests/pipeline/ingestion/test_ccxt_faults.py"
 RESOURCE_TESTS = "tests/pipeline/ingestion/test_resources.py"
+VENUES = "tests/pipeline/ingestion/test_ccxt_venues.py"
 SNAPSHOTS = "carry_pipeline/defs/ingestion/order_book_snapshots.py"
 SNAPSHOT_TESTS = "tests/pipeline/ingestion/test_order_book_snapshots.py"
 
@@ -130,5 +131,13 @@ MUTATIONS: list[Mutation] = [
         new='f"where {on!r} is not null"',
         tests=(f"{SNAPSHOT_TESTS}::test_live_snapshots_appended_once",),
         note="a re-run of the snapshot job stores the same books again (duplicate rows)",
+    ),
+    Mutation(
+        id="ccxt-backwards-empty-page-is-end",
+        path=CCXT,
+        old="expect_rows=bool(records) and upper - _MAX_FUNDING_INTERVAL_MS > since,",
+        new="expect_rows=False,",
+        tests=(f"{VENUES}::test_empty_funding_page_mid_range_is_retried",),
+        note="Bybit/OKX funding paging ends on a lost (empty) page after a full one",
     ),
 ]

@@ -101,7 +101,7 @@ class BinanceStub:
         queue = self.faults.get(path)
         fault = queue.popleft() if queue else None
         if fault == "empty":
-            return _send(h, 200, [])
+            return _send(h, 200, self._empty(path))
         if fault and ":" in fault:
             status, _, arg = fault.partition(":")
             if arg.startswith("retry="):
@@ -118,6 +118,10 @@ class BinanceStub:
             time.sleep(self.delay_s)
         status, body = self._route(path, params)
         _send(h, status, body)
+
+    def _empty(self, path: str) -> Any:
+        """The venue's answer holding no rows (Binance: a bare list)."""
+        return []
 
     def _route(self, path: str, q: dict[str, str]) -> tuple[int, Any]:
         symbol = q.get("symbol", "")
