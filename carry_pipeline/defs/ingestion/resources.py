@@ -3,7 +3,30 @@
 `kind` picks the implementation (`simulated`, the offline default; `ccxt`; `replay`). Credentials
 are never plain config: the definitions bind `api_key`/`api_secret`/`api_password` to `dg.EnvVar`s
 (`CARRY_API_KEY`, `CARRY_API_SECRET`, `CARRY_API_PASSWORD`) when those are set, and public market
-data needs none.
+data needs none. A launch config for `exchange` (Launchpad, `-c ingest.yaml`) replaces the whole
+resource config, bindings included, so `client()` reads a credential left unset from its variable:
+the keys stay bound whatever else is configured. No key reaches a log (see `CcxtExchange`).
+
+Numeric ccxt settings are validated when the resource is configured (`page_limit: 0`, a negative
+timeout, retry count or backoff fail at once, naming the field), never retried.
+
+ccxt requests: ccxt's rate limiter is always on (`enableRateLimit`): it spaces requests by the
+venue's `rateLimit` (ms per unit of cost) times each endpoint's cost as ccxt declares it, which
+keeps one process under the venue's weight limit. Per venue (limit; rows per page; cost of a page):
+- Binance spot (`binance`, rateLimit 50 ms = 1200 units/min for 6000 weight/min/IP): klines
+  <= 1000 rows, weight 2 (cost 0.4); depth weight 5-50 by limit.
+- Binance USD-M (`binanceusdm`, 2400 weight/min/IP): klines <= 1500 rows, weight 1/2/5/10 for
+  limit < 100/500/1000/more; fundingRate <= 1000 rows, weight 1 (shares 500 requests/5 min/IP).
+- Bybit v5 (`bybit`, rateLimit 20 ms; 600 requests/5 s/IP): kline <= 1000, funding history
+  <= 200 rows, cost 1.
+- OKX v5 (`okx`, rateLimit 110 ms): candles 40 requests/2 s (<= 300 rows), history-candles
+  20/2 s (<= 100), funding history 10/2 s (<= 100 rows, last 3 months).
+
+Retries (`max_retries`, `backoff_s` doubling per retry, capped at 30 s): network errors, timeouts,
+corrupt bodies, any HTTP 5xx and the venues' transient codes (Binance -1000, -1001, -1007, -1008;
+Bybit 10000/10006/10016; OKX 50001/50004/50011/50013/50026); HTTP 429/418 wait at least the
+venue's `Retry-After`, and a `Retry-After` over 300 s (a Binance IP ban) fails at once, naming the
+wait. An unknown symbol, a rejected key or parameter (any other 4xx) fails at once, not retried.
 """
 
 from __future__ import annotations
@@ -62,14 +85,24 @@ class ExchangeResource(dg.ConfigurableResource):
     api_key: str | None = Field(default=None, description="ccxt: API key (bind via dg.EnvVar).")
     api_secret: str | None = Field(default=None, description="ccxt: API secret (dg.EnvVar).")
     api_password: str | None = Field(default=None, description="ccxt: passphrase (dg.EnvVar).")
-    timeout_ms: int = Field(default=10_000, description="ccxt: per-request timeout.")
+    timeout_ms: int = Field(
+        default=10_000, gt=0, description="ccxt: per-request timeout in milliseconds (> 0)."
+    )
     max_retries: int = Field(
-        default=5, description="ccxt: retries per request on network errors (bounded)."
+        default=5,
+        ge=0,
+        description="ccxt: retries per request on transient errors (bounded, >= 0).",
     )
     backoff_s: float = Field(
-        default=1.0, description="ccxt: first retry delay in seconds; doubles per retry."
+        default=1.0,
+        ge=0,
+        description="ccxt: first retry delay in seconds (>= 0); doubles per retry.",
     )
-    page_limit: int = Field(default=1000, description="ccxt: rows per paginated request.")
+    page_limit: int = Field(
+        default=1000,
+        gt=0,
+        description="ccxt: rows per paginated request (> 0; capped at what the venue serves).",
+    )
     replay_path: str | None = Field(
         default=None, description="replay: folder with spot_ohlcv/perp_ohlcv/funding_rates files."
     )
@@ -96,9 +129,9 @@ class ExchangeResource(dg.ConfigurableResource):
                 self.spot_exchange,
                 self.perp_exchange,
                 api_url=self.api_url,
-                api_key=self.api_key,
-                secret=self.api_secret,
-                password=self.api_password,
+                api_key=_bound(self.api_key, "CARRY_API_KEY"),
+                secret=_bound(self.api_secret, "CARRY_API_SECRET"),
+                password=_bound(self.api_password, "CARRY_API_PASSWORD"),
                 timeout_ms=self.timeout_ms,
                 max_retries=self.max_retries,
                 backoff_s=self.backoff_s,
@@ -107,6 +140,12 @@ class ExchangeResource(dg.ConfigurableResource):
         if not self.replay_path:
             raise PermanentExchangeError("exchange.kind is 'replay' but replay_path is not set")
         return ReplayExchange(self.replay_path, name=self.replay_name)
+
+
+def _bound(value: str | None, name: str) -> str | None:
+    # The configured credential, else the one its environment variable holds (a launch config
+    # replaced the dg.EnvVar binding), else none.
+    return value if value else (os.environ.get(name) or None)
 
 
 def _secret(name: str) -> dg.EnvVar | None:

@@ -1,11 +1,27 @@
 """`CcxtExchange`: real exchanges through ccxt (binance spot + binanceusdm perps by default).
 
-Every request goes through `_call`, which retries ccxt `NetworkError` and its subclasses (rate
-limits `DDoSProtection`/`RateLimitExceeded`, `RequestTimeout`, `ExchangeNotAvailable` for 5xx,
-`OnMaintenance`) and corrupt bodies with exponential backoff, a bounded number of times, and turns
-any other `ExchangeError` (bad symbol, authentication, bad request) into `PermanentExchangeError` at
-once. ccxt silently parses an undecodable body as "no rows", which would end a pagination early and
-leave a gap; `_call` therefore checks that the last HTTP body was valid JSON.
+Every request goes through `_call`, which classifies a failure by what the venue said, not only by
+ccxt's exception class:
+
+- retried with exponential backoff, a bounded number of times: ccxt `NetworkError` and subclasses
+  (timeouts, connection resets, `ExchangeNotAvailable` for a bare 5xx, `OnMaintenance`), corrupt
+  200 bodies (ccxt silently parses an undecodable body as "no rows"), any HTTP 5xx, and the venue
+  codes for transient trouble (`_TRANSIENT_CODES`: Binance -1000 unknown error, -1001
+  disconnected, -1007 backend timeout, -1008 server busy, which ccxt raises as `OperationFailed`
+  or plain `ExchangeError`; Bybit 10000/10006/10016; OKX 50001/50004/50011/50013/50026);
+- rate limits (HTTP 429, and 418 = Binance's IP ban) wait at least the `Retry-After` the venue
+  asked for (never less than the backoff); a wait over `max_retry_after_s` fails at once, naming it;
+- anything else (unknown symbol -1121, bad key -2014/-2015, rejected parameter -1100/-1102/-1130,
+  any other 4xx) is `PermanentExchangeError` at once.
+
+An empty page where the venue should still have rows (a closed bar, or a settlement due before the
+window end and now) is a fault, retried like one; if it persists, paging stops there (the end of
+the venue's history) and the row-count check names the gap. Funding paging never stops on a page
+that is short only after filtering: only a page the venue itself served short is the last one.
+
+Keys never reach a log: every ccxt client logs through `_RedactingLogger`, which replaces the
+configured key, secret and password with `***` before a record exists (ccxt's DEBUG log prints the
+`X-MBX-APIKEY` request header of signed calls), and ccxt's `verbose` printing is off.
 
 Paging follows each venue's rules: klines and Binance funding are paged forwards from `since`;
 Bybit and OKX funding history answer with the newest rows of the range asked for and are paged
@@ -15,6 +31,7 @@ backwards from the window end; rows per request are capped at what the venue ser
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -54,6 +71,10 @@ _FUNDING_LOOKBACK = timedelta(hours=24)
 # v5 funding history 200; OKX v5 candles and history-candles 300, funding history 100). Page
 # budgets and the "short page = last page" test must count the venue's pages.
 _PAGE_CAP: dict[tuple[str, str], int] = {
+    ("binance", "ohlcv"): 1000,
+    ("binanceusdm", "ohlcv"): 1500,
+    ("binanceusdm", "funding"): 1000,
+    ("bybit", "ohlcv"): 1000,
     ("bybit", "funding"): 200,
     ("okx", "ohlcv"): 300,
     ("okx", "funding"): 100,
@@ -67,6 +88,31 @@ _FUNDING_UPPER_BOUND: dict[str, tuple[str, bool]] = {
     "bybit": ("until", True),  # -> endTime
     "okx": ("after", False),  # "records earlier than"
 }
+
+
+# Venue error codes (the JSON body's `code`/`retCode`) that mean transient trouble on the venue's
+# side, whatever HTTP status and ccxt exception class carry them.
+_TRANSIENT_CODES: frozenset[str] = frozenset(
+    {
+        "-1000",  # Binance UNKNOWN: an unknown error occurred while processing the request
+        "-1001",  # Binance DISCONNECTED: internal error; unable to process your request
+        "-1007",  # Binance TIMEOUT: timeout waiting for response from backend server
+        "-1008",  # Binance SERVER_BUSY: server is currently overloaded
+        "10000",  # Bybit server timeout
+        "10006",  # Bybit too many visits
+        "10016",  # Bybit server error
+        "50001",  # OKX service temporarily unavailable
+        "50004",  # OKX endpoint request timeout
+        "50011",  # OKX rate limit reached
+        "50013",  # OKX system busy
+        "50026",  # OKX system error
+    }
+)
+_RATE_LIMIT_STATUS = (418, 429)
+# A settlement interval assumed before two settlements have been seen (the longest in use).
+_MAX_FUNDING_INTERVAL_MS = 8 * 3_600_000
+# How long after a settlement a venue may take to list it in the history.
+_PUBLISH_GRACE_MS = 5 * 60_000
 
 
 class CcxtExchange:
@@ -85,7 +131,9 @@ class CcxtExchange:
         max_retries: retries of one request after a transient failure (so at most max_retries + 1
             attempts).
         backoff_s: first retry delay; doubles on every further retry.
-        max_backoff_s: cap of one retry delay.
+        max_backoff_s: cap of one retry delay (a venue's `Retry-After` may ask for more).
+        max_retry_after_s: the longest `Retry-After` waited for; a longer one (a Binance IP ban
+            lasts minutes to days) fails at once with the wait asked for.
         page_limit: rows requested per page (Binance serves at most 1000 spot klines per call);
             capped per venue where it serves fewer (Bybit funding 200, OKX candles 300, OKX
             funding 100).
@@ -107,21 +155,27 @@ class CcxtExchange:
         max_retries: int = 5,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
+        max_retry_after_s: float = 300.0,
         page_limit: int = 1000,
         order_book_limit: int = 500,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        if max_retries < 0 or page_limit <= 0 or timeout_ms <= 0:
-            raise ValueError(
-                f"max_retries ({max_retries}) must be >= 0, page_limit ({page_limit}) and "
-                f"timeout_ms ({timeout_ms}) > 0"
-            )
+        _check_config(
+            timeout_ms=timeout_ms,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            max_retry_after_s=max_retry_after_s,
+            page_limit=page_limit,
+            order_book_limit=order_book_limit,
+        )
         self.ids: dict[Market, str] = {"spot": spot_exchange, "perp": perp_exchange}
         self.api_url = api_url
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.max_retry_after_s = max_retry_after_s
         self.page_limit = page_limit
         self.order_book_limit = order_book_limit
         self.sleep = sleep
@@ -143,6 +197,9 @@ class CcxtExchange:
             config: dict[str, Any] = {"enableRateLimit": True, "timeout": timeout_ms}
             config |= {k: v for k, v in creds.items() if v}
             client = getattr(ccxt, ex_id)(config)
+            client.verbose = False  # ccxt's verbose mode print()s request headers (the key)
+            client.logger = _RedactingLogger(client.logger, [v for v in creds.values() if v])
+            _record_status(client)
             if api_url:
                 _override_urls(client, api_url)
             self._clients[market] = client
@@ -198,14 +255,25 @@ class CcxtExchange:
         limit = self._page_size(client.id, "ohlcv")
         max_pages = math.ceil((end_ms - start_ms) / step_ms / limit) + 2
         what = f"{client.id}.fetch_ohlcv({symbol}, {timeframe})"
+        now_ms = _ms(self.clock())
         for _ in range(max_pages):
-            page = self._call(client.fetch_ohlcv, symbol, timeframe, since, limit, what=what)
-            page = [_check_ohlcv_row(r, what) for r in page if r and since <= r[0] < end_ms]
+            # Rows from `since` on, as served; an empty answer while the bar opening at `since`
+            # has closed is a lost page, not the end of the data.
+            served = self._page(
+                lambda s=since: [  # type: ignore[misc]
+                    _check_ohlcv_row(r, what)
+                    for r in self._call(client.fetch_ohlcv, symbol, timeframe, s, limit, what=what)
+                    if r and r[0] >= s
+                ],
+                expect_rows=since + step_ms <= now_ms,
+                what=f"{what} from {ms_to_ts([since])[0]}",
+            )
+            page = [r for r in served if r[0] < end_ms]
             if not page:
                 break
             rows.extend(page)
             since = int(page[-1][0]) + step_ms
-            if since >= end_ms:
+            if since >= end_ms or len(page) < len(served):
                 break
         else:
             raise TransientExchangeError(
@@ -294,16 +362,33 @@ class CcxtExchange:
         what: str,
     ) -> list[dict[str, Any]]:
         # Oldest-first venues (Binance): each page starts just after the last row received.
+        # A page the venue served short is the last one; a page made short by dropping rows
+        # (ccxt drops those older than `since`, we drop duplicates) is not. Rows from `since` on,
+        # as served: an empty answer while a settlement is due before the window end and now is a
+        # lost page, not the end of the data.
         records: list[dict[str, Any]] = []
+        now_ms = _ms(self.clock())
+        served_len = [0]
+
+        def fetch(start_ms: int) -> list[dict[str, Any]]:
+            raw = self._call(client.fetch_funding_rate_history, symbol, start_ms, limit, what=what)
+            served_len[0] = _served_rows(client, len(raw))
+            return [r for r in raw if r.get("timestamp") is not None and r["timestamp"] >= start_ms]
+
         for _ in range(max_pages):
-            page = self._call(client.fetch_funding_rate_history, symbol, since, limit, what=what)
-            page = [r for r in page if r.get("timestamp") is not None and since <= r["timestamp"]]
-            page = [r for r in page if r["timestamp"] < end_ms]
-            if not page:
-                break
-            records.extend(page)
-            since = int(page[-1]["timestamp"]) + 1
-            if len(page) < limit:
+            due = (int(records[-1]["timestamp"]) if records else since) + _funding_step_ms(records)
+            served = self._page(
+                lambda s=since: fetch(s),  # type: ignore[misc]
+                expect_rows=due < min(end_ms, now_ms - _PUBLISH_GRACE_MS),
+                what=f"{what} from {ms_to_ts([since])[0]}",
+            )
+            seen = int(records[-1]["timestamp"]) if records else -1
+            page = [r for r in served if seen < r["timestamp"] < end_ms]
+            if page:
+                records.extend(page)
+                since = int(page[-1]["timestamp"]) + 1
+            reached_end = any(r["timestamp"] >= end_ms for r in served)
+            if not page or reached_end or served_len[0] < limit:
                 break
         else:
             raise TransientExchangeError(f"{what}: pagination did not finish in {max_pages} pages")
@@ -320,49 +405,231 @@ class CcxtExchange:
         what: str,
     ) -> list[dict[str, Any]]:
         # Newest-first venues (Bybit, OKX): ask for [since, upper) and lower `upper` to the oldest
-        # row received, until a page comes back short (the range holds no more rows).
+        # row received, until a page comes back short (the range holds no more rows). An empty
+        # page after a full one, with a settlement interval or more left above `since`, is a
+        # lost page and retried.
         param, inclusive = _FUNDING_UPPER_BOUND[client.id]
         records: list[dict[str, Any]] = []
         upper = end_ms
-        for _ in range(max_pages):
-            bound = {param: upper - 1 if inclusive else upper}
+        served_len = [0]
+
+        def fetch(up: int) -> list[dict[str, Any]]:
+            bound = {param: up - 1 if inclusive else up}
             raw = self._call(
                 client.fetch_funding_rate_history, symbol, since, limit, bound, what=what
             )
-            page = [r for r in raw if r.get("timestamp") is not None]
+            served_len[0] = len(raw)
+            return [r for r in raw if r.get("timestamp") is not None]
+
+        for _ in range(max_pages):
+            page = self._page(
+                lambda u=upper: fetch(u),  # type: ignore[misc]
+                expect_rows=bool(records) and upper - _MAX_FUNDING_INTERVAL_MS > since,
+                what=f"{what} before {ms_to_ts([upper])[0]}",
+            )
             page = [r for r in page if since <= r["timestamp"] < upper]
             if not page:
                 break
             records.extend(page)
             upper = min(int(r["timestamp"]) for r in page)
-            if len(raw) < limit or upper <= since:
+            if served_len[0] < limit or upper <= since:
                 break
         else:
             raise TransientExchangeError(f"{what}: pagination did not finish in {max_pages} pages")
         return sorted(records, key=lambda r: int(r["timestamp"]))
 
     def _call(self, fn: Callable[..., Any], *args: Any, what: str) -> Any:
-        # Bounded retries with exponential backoff on transient errors; permanent errors at once.
+        # Bounded retries with exponential backoff on transient errors (Retry-After honoured on
+        # rate limits); permanent errors at once.
+        client = getattr(fn, "__self__", None)
         for attempt in range(self.max_retries + 1):
             self.requests += 1
+            if client is not None:
+                client.carry_last_status = None
             try:
                 result = fn(*args)
                 _check_body(fn, what)
                 return result
-            except (ccxt.NetworkError, _CorruptBody) as exc:
+            except (ccxt.BaseError, _CorruptBody) as exc:
+                status = getattr(client, "carry_last_status", None)
+                code = _venue_code(client)
+                if not _is_transient(exc, status, code):
+                    raise PermanentExchangeError(
+                        f"{what}: {type(exc).__name__}: {_short(exc)} (HTTP {status}, venue code "
+                        f"{code}; not retried: the exchange rejected the request)"
+                    ) from exc
                 if attempt == self.max_retries:
                     raise TransientExchangeError(
                         f"{what}: gave up after {attempt + 1} attempts; last error "
-                        f"{type(exc).__name__}: {_short(exc)}"
+                        f"{type(exc).__name__} (HTTP {status}, venue code {code}): {_short(exc)}"
                     ) from exc
                 self.retries += 1
-                self.sleep(min(self.backoff_s * 2**attempt, self.max_backoff_s))
-            except ccxt.BaseError as exc:
-                raise PermanentExchangeError(
-                    f"{what}: {type(exc).__name__}: {_short(exc)} (not retried: the exchange "
-                    "rejected the request)"
-                ) from exc
+                self.sleep(self._delay(attempt, status, client, what))
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _delay(self, attempt: int, status: int | None, client: Any, what: str) -> float:
+        # The backoff, or at least the venue's Retry-After on a rate limit.
+        delay = min(self.backoff_s * 2**attempt, self.max_backoff_s)
+        if status not in _RATE_LIMIT_STATUS:
+            return delay
+        asked = _retry_after_s(getattr(client, "last_response_headers", None))
+        if asked is None:
+            return delay
+        if asked > self.max_retry_after_s:
+            raise TransientExchangeError(
+                f"{what}: HTTP {status}, the venue asks to wait {asked:g} s (Retry-After) before "
+                f"the next request, more than max_retry_after_s={self.max_retry_after_s:g}; "
+                "rerun after that wait"
+            )
+        return max(delay, asked)
+
+    def _page(self, fetch: Callable[[], list[Any]], expect_rows: bool, what: str) -> list[Any]:
+        # One page; an empty one where rows must exist is retried like any transient fault. If it
+        # stays empty the venue's history ends there and the caller stops paging.
+        page = fetch()
+        for attempt in range(self.max_retries):
+            if page or not expect_rows:
+                return page
+            self.retries += 1
+            self.sleep(min(self.backoff_s * 2**attempt, self.max_backoff_s))
+            page = fetch()
+        if not page and expect_rows:
+            _log.warning(
+                "%s: still empty after %d retries; the venue's history ends here",
+                what,
+                self.max_retries,
+            )
+        return page
+
+
+def _check_config(**fields: float) -> None:
+    # Numeric settings, each named in the error: counts and timeouts > 0, retries and delays >= 0.
+    positive = ("timeout_ms", "page_limit", "order_book_limit")
+    bad = [
+        f"{name}={value!r} must be {'> 0' if name in positive else '>= 0'}"
+        for name, value in fields.items()
+        if (value <= 0 if name in positive else value < 0) or value != value  # NaN too
+    ]
+    if bad:
+        raise ValueError(f"CcxtExchange config: {'; '.join(bad)}")
+
+
+def _served_rows(client: Any, parsed: int) -> int:
+    # Rows in the venue's last answer, before ccxt dropped any (it filters rows older than
+    # `since`, so an overlapping page looks short); `parsed` when the body is not a JSON list.
+    body = getattr(client, "last_http_response", None)
+    try:
+        rows = json.loads(body) if body else None
+    except ValueError:
+        return parsed
+    return len(rows) if isinstance(rows, list) else parsed
+
+
+def _funding_step_ms(records: list[dict[str, Any]]) -> int:
+    # The settlement interval seen last (the longest in use until two settlements are known).
+    if len(records) < 2:
+        return _MAX_FUNDING_INTERVAL_MS
+    return int(records[-1]["timestamp"]) - int(records[-2]["timestamp"])
+
+
+def _is_transient(exc: BaseException, status: int | None, code: str | None) -> bool:
+    # Retryable: network trouble, corrupt bodies, rate limits, any 5xx, transient venue codes.
+    if isinstance(exc, (ccxt.NetworkError, _CorruptBody)):
+        return True
+    if code in _TRANSIENT_CODES:
+        return True
+    return status is not None and (status >= 500 or status in _RATE_LIMIT_STATUS)
+
+
+def _venue_code(client: Any) -> str | None:
+    # The error code of the last JSON body (Binance/OKX `code`, Bybit `retCode`), if any.
+    body = getattr(client, "last_http_response", None)
+    if not body:
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    code = parsed.get("code", parsed.get("retCode"))
+    return None if code is None else str(code)
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    # Seconds asked for by a `Retry-After` header (delta-seconds form), if any.
+    if not headers:
+        return None
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _record_status(client: ccxt.Exchange) -> None:
+    # Keep the HTTP status of the last response on the client (ccxt's errors do not carry it).
+    original = client.on_rest_response
+
+    def on_rest_response(code: int, reason: str, *args: Any) -> Any:
+        client.carry_last_status = int(code)
+        return original(code, reason, *args)
+
+    client.carry_last_status = None
+    client.on_rest_response = on_rest_response
+
+
+_log = logging.getLogger(__name__)
+
+
+class _RedactingLogger:
+    """Stands in for a ccxt client's logger: formats each message and replaces every secret with
+    `***` before a record exists, so no handler at any level ever sees a key."""
+
+    def __init__(self, logger: logging.Logger, secrets: list[str]) -> None:
+        self._logger = logger
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """`text` with every secret replaced by `***`."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        text = str(msg) % args if args else str(msg)
+        kwargs.pop("exc_info", None)
+        self._logger.log(level, "%s", self.redact(text), stacklevel=3)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log at DEBUG, redacted."""
+        self._log(logging.DEBUG, msg, *args, **kwargs)
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log at INFO, redacted."""
+        self._log(logging.INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log at WARNING, redacted."""
+        self._log(logging.WARNING, msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log at ERROR, redacted."""
+        self._log(logging.ERROR, msg, *args, **kwargs)
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log at ERROR, redacted (no traceback: frames may hold the key)."""
+        self._log(logging.ERROR, msg, *args, **kwargs)
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log at `level`, redacted."""
+        self._log(level, msg, *args, **kwargs)
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's naming
+        """Whether the wrapped logger handles `level`."""
+        return self._logger.isEnabledFor(level)
 
 
 class _CorruptBody(Exception):

@@ -4,7 +4,10 @@ Serves spot (`/api/v3/klines`, `/api/v3/depth`) and USD-M (`/fapi/v1/klines`,
 `/fapi/v1/fundingRate`, `/fapi/v1/depth`) from in-memory tables, honouring
 `startTime`/`endTime`/`limit` like Binance (ascending rows from `startTime`, at most `limit`).
 `faults[path]` is a queue of faults consumed one per request to that path: "429", "418", "500",
-"503", "timeout" (sleeps `delay_s` before answering), "malformed" (200 with a truncated JSON body).
+"503", "timeout" (sleeps `delay_s` before answering), "malformed" (200 with a truncated JSON body),
+"empty" (200 `[]`, a page lost mid-range), "<status>:<code>" (that HTTP status with Binance's JSON
+error body, e.g. "503:-1008" server busy, "400:-1102" rejected parameter, "401:-2015" bad key) and
+"<429|418>:retry=<s>" (a rate limit with a `Retry-After: <s>` header).
 Unknown symbols answer 400 `{"code": -1121}` as Binance does. The server binds 127.0.0.1 on an
 ephemeral port and never touches the network.
 """
@@ -22,6 +25,17 @@ from urllib.parse import parse_qs, urlsplit
 KLINE_PATHS = ("/api/v3/klines", "/fapi/v1/klines")
 DEPTH_PATHS = ("/api/v3/depth", "/fapi/v1/depth")
 FUNDING_PATH = "/fapi/v1/fundingRate"
+# Signed endpoints (X-MBX-APIKEY header) that ccxt's fetch_currencies calls when keys are set.
+SIGNED_PATHS = ("/sapi/v1/capital/config/getall", "/sapi/v1/margin/allPairs")
+# Binance's messages for the error codes the fault queue can send.
+BINANCE_MESSAGES = {
+    -1000: "An unknown error occured while processing the request.",
+    -1001: "Internal error; unable to process your request. Please try again.",
+    -1008: "Server is currently overloaded with other requests. Please try again in a few minutes.",
+    -1102: "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.",
+    -1121: "Invalid symbol.",
+    -2015: "Invalid API-key, IP, or permissions for action.",
+}
 MAX_LIMIT = {"/api/v3/klines": 1000, "/fapi/v1/klines": 1500, FUNDING_PATH: 1000}
 
 
@@ -86,6 +100,14 @@ class BinanceStub:
         self.requests.append((path, params))
         queue = self.faults.get(path)
         fault = queue.popleft() if queue else None
+        if fault == "empty":
+            return _send(h, 200, self._empty(path))
+        if fault and ":" in fault:
+            status, _, arg = fault.partition(":")
+            if arg.startswith("retry="):
+                body = {"code": -1003, "msg": "Too many requests; IP banned."}
+                return _send(h, int(status), body, {"Retry-After": arg.removeprefix("retry=")})
+            return _send(h, int(status), {"code": int(arg), "msg": BINANCE_MESSAGES[int(arg)]})
         if fault in ("429", "418"):
             return _send(h, int(fault), {"code": -1003, "msg": "Too many requests; IP banned."})
         if fault in ("500", "503"):
@@ -96,6 +118,10 @@ class BinanceStub:
             time.sleep(self.delay_s)
         status, body = self._route(path, params)
         _send(h, status, body)
+
+    def _empty(self, path: str) -> Any:
+        """The venue's answer holding no rows (Binance: a bare list)."""
+        return []
 
     def _route(self, path: str, q: dict[str, str]) -> tuple[int, Any]:
         symbol = q.get("symbol", "")
@@ -109,6 +135,8 @@ class BinanceStub:
             if rows is None:
                 return _bad_symbol()
             return 200, _window(rows, q, lambda r: int(r["fundingTime"]), 1000, 100)
+        if path in SIGNED_PATHS:
+            return 200, []
         if path in DEPTH_PATHS:
             book = self.depth.get((path, symbol))
             return (200, book) if book is not None else _bad_symbol()
@@ -129,13 +157,19 @@ def _bad_symbol() -> tuple[int, Any]:
     return 400, {"code": -1121, "msg": "Invalid symbol."}
 
 
-def _send(h: BaseHTTPRequestHandler, status: int, body: Any) -> None:
-    _send_raw(h, status, json.dumps(body).encode())
+def _send(
+    h: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None
+) -> None:
+    _send_raw(h, status, json.dumps(body).encode(), headers)
 
 
-def _send_raw(h: BaseHTTPRequestHandler, status: int, data: bytes) -> None:
+def _send_raw(
+    h: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str] | None = None
+) -> None:
     try:
         h.send_response(status)
+        for name, value in (headers or {}).items():
+            h.send_header(name, value)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()

@@ -325,3 +325,15 @@ def test_transient_errors_are_retried(stub: VenueStub) -> None:
     with pytest.raises(TransientExchangeError, match="gave up after 3 attempts"):
         client.fetch_funding("ETH/USDT:USDT", start, end)
     assert stub.count(FUNDING_PATH[stub.venue]) - before == 3
+
+
+def test_empty_funding_page_mid_range_is_retried(stub: VenueStub) -> None:
+    # Three pages of 10 newest-first; the second comes back empty once: a lost page, not the end.
+    sleeps: list[float] = []
+    client = _client(stub, page_limit=10, sleeps=sleeps)
+    stub.inject(FUNDING_PATH[stub.venue], "ok", "empty")
+    start, end = SWITCH - timedelta(days=3), SWITCH + timedelta(days=3)
+    frame = client.fetch_funding("BTC/USDT:USDT", start, end)
+    got = [(_ms(t), r) for t, r in zip(frame["funding_time"], frame["funding_rate"], strict=True)]
+    assert got == _served_rates(start, end) and len(got) == 27
+    assert sleeps == [1.0]

@@ -68,6 +68,12 @@ class VenueStub(BinanceStub):
         # symbol id -> (funding time ms, rate) pairs, any order.
         self.rates: dict[str, list[tuple[int, str]]] = {}
 
+    def _empty(self, path: str) -> Any:
+        """The venue's answer holding no rows (the "empty" fault)."""
+        if self.venue == "bybit":
+            return _bybit_ok("linear", "", [])[1]
+        return {"code": "0", "msg": "", "data": []}
+
     def _route(self, path: str, q: dict[str, str]) -> tuple[int, Any]:
         if self.venue == "bybit":
             return self._bybit(path, q)
