@@ -137,3 +137,36 @@ def test_a_gap_on_a_good_range_leaves_the_stored_rows_unchanged(tmp_path: Path) 
                 assert after[t].equals(frame), t  # nothing lost, duplicated or changed
         assert _run(db, instance, gapped=False).success  # the venue recovered: same rows again
     assert {t: f.height for t, f in _stored(db).items()} == {t: f.height for t, f in good.items()}
+
+
+def test_the_table_wide_suite_fails_on_a_bad_row_outside_the_partition(tmp_path: Path) -> None:
+    from dagster_duckdb import DuckDBResource
+
+    from carry_pipeline.defs.ingestion import checks
+
+    db = tmp_path / "c.duckdb"
+    res = {
+        "io_manager": CarryDuckDBIOManager(database=str(db)),
+        "duckdb": DuckDBResource(database=str(db)),
+        "exchange": FixedClockExchange(),
+    }
+    key = dg.MultiPartitionKey({"asset": "BTC", "date": "2024-01-01"})
+    run = [assets.raw_funding_rates, checks.raw_funding_rates_suite]
+    assert dg.materialize(run, resources=res, partition_key=key).success
+    with duckdb.connect(str(db)) as con:  # a rate of 20 % on 2024-01-05, another partition
+        con.execute(
+            "insert into raw.raw_funding_rates select * replace (funding_time + interval 4 day "
+            "as funding_time, 0.2 as funding_rate) from raw.raw_funding_rates limit 1"
+        )
+    result = dg.materialize(run, resources=res, partition_key=key, raise_on_error=False)
+    assert not result.success
+    suite = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "matches_expectation_suite"
+    ]
+    assert len(suite) == 1 and not suite[0].passed
+    failures = suite[0].metadata["failures"].value
+    assert [(f["expectation"], f["unexpected_count"]) for f in failures] == [
+        ("expect_column_values_to_be_between", 1)
+    ]
