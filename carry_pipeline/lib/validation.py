@@ -119,7 +119,8 @@ def _gap(missing: pl.Series) -> str:
     # " (first .. last UTC)" of the missing bar open times, or "" when none is missing.
     if missing.len() == 0:
         return ""
-    return f" ({missing.min():%Y-%m-%d %H:%M} .. {missing.max():%Y-%m-%d %H:%M} UTC)"
+    times = missing.sort().to_list()
+    return f" ({times[0]:%Y-%m-%d %H:%M} .. {times[-1]:%Y-%m-%d %H:%M} UTC)"
 
 
 LONGEST_FUNDING_INTERVAL_HOURS = 8.0

@@ -42,7 +42,7 @@ MUTATIONS: list[Mutation] = [
         path=MAIN,
         old="        if d not in todo:\n            continue\n",
         new="",
-        tests=("tests/pipeline/test_main.py",),
+        tests=("tests/pipeline/test_main.py::test_ingest_runs_only_missing_partitions",),
         note="make run re-ingests partitions the instance already has instead of only the gaps.",
     ),
     Mutation(
