@@ -44,6 +44,8 @@ clean:
 # Dagster: the instance lives in data/dagster_home (dagster.yaml is copied there first).
 DAGSTER_HOME_DIR := $(CURDIR)/data/dagster_home
 INGEST_DATE ?= $(shell date -u -d yesterday +%Y-%m-%d)
+INGEST_END ?= $(INGEST_DATE)
+INGEST_START ?= $(INGEST_END)
 INGEST_ASSETS ?= BTC ETH
 
 .PHONY: dev ingest dagster-home
@@ -55,9 +57,10 @@ dagster-home:
 dev: install dagster-home
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(VENV)/bin/dagster dev -w workspace.yaml
 
-# One day (INGEST_DATE, default yesterday UTC) of every raw table for each of INGEST_ASSETS.
+# Days INGEST_START..INGEST_END (default: yesterday UTC) of every raw table for each of
+# INGEST_ASSETS: one run per asset covering the whole range (the raw assets handle partition ranges).
 ingest: install dagster-home
 	for a in $(INGEST_ASSETS); do \
 	  DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(VENV)/bin/dagster job execute -m carry_pipeline \
-	    -j ingest_job --tags "{\"dagster/partition\": \"$$a|$(INGEST_DATE)\"}" || exit 1; \
+	    -j ingest_job --tags "{\"dagster/asset_partition_range_start\": \"$$a|$(INGEST_START)\", \"dagster/asset_partition_range_end\": \"$$a|$(INGEST_END)\"}" || exit 1; \
 	done

@@ -110,9 +110,17 @@ def check_ohlcv(
             ),
             f"{grid.len()} bars, one per {bar} from {start.isoformat()}",
             f"expected {grid.len()} bars on the {bar} grid, got {frame.height}: "
-            f"{missing.height} missing, {off_grid.height} off the grid",
+            f"{missing.height} missing{_gap(missing['ts'])}, {off_grid.height} off the grid",
         ),
     ]
+
+
+def _gap(missing: pl.Series) -> str:
+    # " (first .. last UTC)" of the missing bar open times, or "" when none is missing.
+    if missing.len() == 0:
+        return ""
+    times = missing.sort().to_list()
+    return f" ({times[0]:%Y-%m-%d %H:%M} .. {times[-1]:%Y-%m-%d %H:%M} UTC)"
 
 
 LONGEST_FUNDING_INTERVAL_HOURS = 8.0

@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from carry_pipeline.definitions import defs
-from carry_pipeline.main import QUICKSTART_FEATURES, ingest, missing_partitions
+from carry_pipeline.main import QUICKSTART_FEATURES, ingest, missing_partitions, missing_ranges
 
 
 def test_main_job_selects_every_stage_after_ingestion() -> None:
@@ -35,3 +35,13 @@ def test_ingest_runs_only_missing_partitions(tmp_path, monkeypatch: pytest.Monke
         key = dg.MultiPartitionKey({"asset": "BTC", "date": "2024-01-03"})
         assert missing_partitions(instance, dg.AssetKey(["raw", "raw_perp_ohlcv"]), [key]) == []
         assert ingest(defs, instance, day, day, ["BTC"]) == 0  # a re-run adds nothing
+        # Days 1-2 and 4-5 are missing around day 3: two range runs, not four day runs.
+        raw = dg.AssetKey(["raw", "raw_perp_ohlcv"])
+        first, last = date(2024, 1, 1), date(2024, 1, 5)
+        assert missing_ranges(instance, raw, first, last, "BTC") == [
+            (date(2024, 1, 1), date(2024, 1, 2)),
+            (date(2024, 1, 4), date(2024, 1, 5)),
+        ]
+        assert ingest(defs, instance, first, last, ["BTC"]) == 4
+        assert len(instance.get_runs()) == 3
+        assert missing_ranges(instance, raw, first, last, "BTC") == []

@@ -1,9 +1,13 @@
 """Raw market-data assets (DuckDB schema `raw`): spot and perp OHLCV, funding rates, order books.
 
-Each asset is partitioned by UTC day x asset (`partitions.py`), fetches exactly its partition's
-window from the `exchange` resource and returns it; the IO manager replaces the partition's rows, so
-reruns are idempotent. Every partition runs blocking invariants (`lib/validation.py`) as in-asset
-checks, so a bad partition stops downstream assets and the check metadata lists the failing rows.
+Each asset is partitioned by UTC day x asset (`partitions.py`) and handles a partition range: a
+backfill is one run per asset (`BackfillPolicy.single_run()`; Dagster splits multi-partition ranges
+by the static dimension), which fetches the whole window per symbol once and writes every day of it.
+The daily schedule still runs one day x asset partition per run. Validation comes before the write:
+every day x symbol of the window runs the blocking invariants (`lib/validation.py`) first, and only
+when all pass is the frame handed to the IO manager, which replaces the partitions' rows (reruns are
+idempotent). A failing partition fails the run with the table, partition and gap named, the check
+metadata lists the failing rows, and the stored rows are left exactly as they were.
 Exchange calls run in the `exchange_api` pool (one at a time across runs, see `dagster.yaml`).
 Transient exchange failures are retried (ccxt-level backoff, then the step's `RetryPolicy`);
 permanent ones fail at once.
@@ -11,7 +15,7 @@ permanent ones fail at once.
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -36,6 +40,8 @@ POOL = "exchange_api"
 RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 # The asset dimension's key is the base currency, the part of the symbol before "/".
 _ASSET_EXPR = "split_part(symbol, '/', 1)"
+MAX_REPORTED = 20
+"""At most this many failing partition checks are listed in a refusal's error message."""
 
 OHLCV_CHECKS = {
     "timestamps_unique_and_increasing": "Bar open times strictly increase per symbol.",
@@ -101,6 +107,7 @@ def _raw_asset(name: str, *, time_column: str, checks: dict[str, str]) -> Any:
         check_specs=_specs(name, checks),
         pool=POOL,
         retry_policy=RETRY,
+        backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"duckdb", "polars"},
     )
 
@@ -142,6 +149,42 @@ def _merge(outcomes: list[CheckOutcome]) -> list[CheckOutcome]:
     return list(merged.values())
 
 
+def partition_days(scope: Scope) -> list[tuple[datetime, datetime]]:
+    """The `[start, end)` bounds of each UTC day of the scope's window, in order."""
+    days = round((scope.end - scope.start) / timedelta(days=1))
+    return [
+        (scope.start + timedelta(days=i), scope.start + timedelta(days=i + 1)) for i in range(days)
+    ]
+
+
+def per_partition(
+    frame: pl.DataFrame,
+    scope: Scope,
+    base: str,
+    time_column: str,
+    check: Callable[[pl.DataFrame, datetime, datetime], list[CheckOutcome]],
+) -> list[CheckOutcome]:
+    """Run `check(rows, day_start, day_end)` on each day of the window for one base currency.
+
+    Each outcome's description starts with the partition key (`BTC|2024-01-05`) and its example
+    rows carry a `partition` column, so a failure in a range run names the partition.
+    """
+    out = []
+    for start, end in partition_days(scope):
+        rows = frame.filter((pl.col(time_column) >= start) & (pl.col(time_column) < end))
+        key = f"{base}|{start:%Y-%m-%d}"
+        for o in check(rows, start, end):
+            examples = (
+                o.examples.with_columns(pl.lit(key).alias("partition"))
+                if o.examples.height
+                else o.examples
+            )
+            out.append(
+                CheckOutcome(o.name, o.passed, f"{key}: {o.description}", o.failed_rows, examples)
+            )
+    return out
+
+
 def _results(outcomes: list[CheckOutcome], name: str) -> Iterator[dg.AssetCheckResult]:
     for o in _merge(outcomes):
         metadata: dict[str, dg.RawMetadataValue] = {"failed_rows": o.failed_rows}
@@ -156,6 +199,35 @@ def _results(outcomes: list[CheckOutcome], name: str) -> Iterator[dg.AssetCheckR
             description=o.description,
             metadata=metadata,
         )
+
+
+def _refusal(name: str, outcomes: list[CheckOutcome]) -> dg.Failure | None:
+    # None when every invariant holds; otherwise the Failure that says what was not written and why.
+    failed = [o for o in outcomes if not o.passed]
+    if not failed:
+        return None
+    lines = [f"- {o.name}: {o.description}" for o in failed[:MAX_REPORTED]]
+    if len(failed) > MAX_REPORTED:
+        lines.append(f"- ... and {len(failed) - MAX_REPORTED} more failing partition checks")
+    return dg.Failure(
+        description=f"{SCHEMA}.{name}: {len(failed)} failing partition checks; nothing was "
+        "written and the stored partitions are unchanged:\n" + "\n".join(lines),
+        allow_retries=False,
+    )
+
+
+def _emit(
+    name: str,
+    outcomes: list[CheckOutcome],
+    output: Callable[[], dg.Output],
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    # Validate before write: the Output (which the IO manager writes) only when every check passes.
+    refusal = _refusal(name, outcomes)
+    if refusal is None:
+        yield output()
+    yield from _results(outcomes, name)
+    if refusal is not None:
+        raise refusal
 
 
 def _output(frame: pl.DataFrame, scope: Scope, client: ExchangeClient, market: Market) -> dg.Output:
@@ -186,10 +258,16 @@ def _ohlcv(
             partial(client.fetch_ohlcv, sym, market, exchange.timeframe, scope.start, scope.end)
         )
         frames.append(f)
-        outcomes += check_ohlcv(f, start=scope.start, end=scope.end, bar=bar, now=fetched_at)
+        check = partial(_ohlcv_day, bar=bar, now=fetched_at)
+        outcomes += per_partition(f, scope, p.base, "ts", check)
     frame = pl.concat(frames)
-    yield _output(frame, scope, client, market)
-    yield from _results(outcomes, name)
+    yield from _emit(name, outcomes, partial(_output, frame, scope, client, market))
+
+
+def _ohlcv_day(
+    rows: pl.DataFrame, start: datetime, end: datetime, *, bar: timedelta, now: datetime
+) -> list[CheckOutcome]:
+    return check_ohlcv(rows, start=start, end=end, bar=bar, now=now)
 
 
 @_raw_asset("raw_spot_ohlcv", time_column="ts", checks=OHLCV_CHECKS)
@@ -218,19 +296,23 @@ def raw_funding_rates(
     client = _client(exchange, scope, perps)
     frames, outcomes = [], []
     fetched_at = utc_now()
-    for sym in perps:
+    for base, sym in zip(scope.bases, perps, strict=True):
         f = _guard(partial(client.fetch_funding, sym, scope.start, scope.end))
         frames.append(f)
-        outcomes += check_funding(
-            f,
-            max_abs_rate=exchange.max_abs_funding_rate,
-            start=scope.start,
-            end=scope.end,
-            now=fetched_at,
-            symbol=sym,
-        )
-    yield _output(pl.concat(frames), scope, client, "perp")
-    yield from _results(outcomes, "raw_funding_rates")
+
+        def check(rows: pl.DataFrame, start: datetime, end: datetime, sym: str = sym) -> list:
+            return check_funding(
+                rows,
+                max_abs_rate=exchange.max_abs_funding_rate,
+                start=start,
+                end=end,
+                now=fetched_at,
+                symbol=sym,
+            )
+
+        outcomes += per_partition(f, scope, base, "funding_time", check)
+    output = partial(_output, pl.concat(frames), scope, client, "perp")
+    yield from _emit("raw_funding_rates", outcomes, output)
 
 
 @_raw_asset("raw_order_book", time_column="ts", checks=BOOK_CHECKS)
@@ -258,5 +340,4 @@ def raw_order_book(
             f"no order-book snapshots for {scope.start:%Y-%m-%d}: the exchange serves only "
             "live books"
         )
-    yield _output(frame, scope, client, "perp")
-    yield from _results(outcomes, "raw_order_book")
+    yield from _emit("raw_order_book", outcomes, partial(_output, frame, scope, client, "perp"))

@@ -1,4 +1,8 @@
-"""`ingest_job` (all raw assets and their checks, one partition per run) and its daily schedule."""
+"""`ingest_job` (all raw assets and their checks) and its daily schedule.
+
+A run covers one day x asset partition (the schedule) or a range of days of one asset (a backfill,
+via `BackfillPolicy.single_run()` or the `dagster/asset_partition_range_start`/`_end` tags).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ ingest_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("ingestion"),
     partitions_def=ingest_partitions,
     executor_def=dg.in_process_executor,
-    description="Fetch one day x asset partition of every raw table into DuckDB schema raw.",
+    description="Fetch a day x asset partition (or a range of days of one asset) of every raw "
+    "table into DuckDB schema raw.",
 )
 
 

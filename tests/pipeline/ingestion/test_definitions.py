@@ -31,6 +31,7 @@ def test_raw_assets_share_the_exchange_pool_and_raw_schema() -> None:
         node = graph.get(dg.AssetKey(["raw", name]))
         assert node.group_name == "ingestion"
         assert node.pools == {"exchange_api"}
+        assert node.backfill_policy == dg.BackfillPolicy.single_run()  # one run per asset
 
 
 # Dagster tags multi-partition runs "dagster/partition/<dimension>" itself, then warns about it.
