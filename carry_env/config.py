@@ -63,7 +63,8 @@ C_SPIKE_BPS = 46
 C_BAR_YEARS = 47
 C_BAR_DAYS = 48
 C_INITIAL_CASH = 49
-N_CONFIG = 50
+C_VOL_BARS = 50
+N_CONFIG = 51
 
 
 @dataclass(frozen=True)
@@ -182,10 +183,21 @@ class EnvConfig:
     """`beta` per day: a 1 % breach held for a day costs 0.03 % of equity, about one day of 11 %
     annual
     carry."""
-    volatility_penalty: float = 0.02
-    """Weight on the exponentially weighted std of step returns."""
-    volatility_halflife_bars: float = 96.0
-    """Half-life of that weighting, in bars."""
+    volatility_penalty: float = 0.5
+    """Weight on the account's annualised volatility, charged per unit of time: each step costs
+    `volatility_penalty * sigma_annual * bar_years`, so a year at 2 % volatility costs 1 % of equity
+    at the default, whatever the bar length. v0 charged the per-step std every step, which grew with
+    sqrt(bars per year) (about 410 bp/yr on 1 h bars of real BTC carry) and made always-long-carry
+    score below flat. 0.5 keeps hedged carry on real BTC 2023-06..2025-03 (about 1-2 % annual
+    volatility from the basis) well above flat while an unhedged or levered book pays visibly."""
+    volatility_horizon_hours: float = 8.0
+    """Horizon of the returns `sigma_annual` is estimated from (whole bars; bars longer than it use
+    one bar). Returns over a fixed clock horizon, not per bar, so the basis' bar-to-bar noise,
+    which mean-reverts within hours, does not inflate the estimate on short bars: 15 m, 1 h and 8 h
+    bars of the same market give the same figure. 8 h is one funding interval."""
+    volatility_halflife_hours: float = 168.0
+    """Half-life of the exponential weighting of those horizon returns (a week: 21 returns of
+    8 h)."""
     turnover_penalty: float = 0.0
     """Weight on traded notional / equity (costs are already charged; this discourages churn
     further).
@@ -242,7 +254,8 @@ class EnvConfig:
             "min_leverage",
             "vol_window_hours",
             "default_depth_usd",
-            "volatility_halflife_bars",
+            "volatility_halflife_hours",
+            "volatility_horizon_hours",
             "flash_halflife_bars",
             "reward_scale",
         )
@@ -331,7 +344,10 @@ class EnvConfig:
         v[C_DD_THRESHOLD] = self.drawdown_threshold
         v[C_DD_PENALTY] = self.drawdown_penalty * bar_days
         v[C_VOL_PENALTY] = self.volatility_penalty
-        v[C_VOL_DECAY] = 0.5 ** (1.0 / self.volatility_halflife_bars)
+        vol_bars = max(1, round(self.volatility_horizon_hours * 3_600.0 / bar_seconds))
+        v[C_VOL_BARS] = vol_bars
+        horizon_hours = vol_bars * bar_seconds / 3_600.0
+        v[C_VOL_DECAY] = 0.5 ** (horizon_hours / self.volatility_halflife_hours)
         v[C_TURNOVER_PENALTY] = self.turnover_penalty
         v[C_REWARD_SCALE] = self.reward_scale
         v[C_FEES] = float(self.fees)

@@ -181,6 +181,7 @@ class Engine:
         self.fs[b, k.F_CASH] = cash
         self.fs[b, k.F_EQUITY] = cash
         self.fs[b, k.F_PEAK] = cash
+        self.fs[b, k.F_VOL_ANCHOR] = cash
         self.as_[b] = 0.0
         self.as_[b, :, k.A_R1] = self.tensor.mkt[start, :, k.M_LAST1]
         self.as_[b, :, k.A_R2] = self.tensor.mkt[start, :, k.M_LAST2]

@@ -78,6 +78,7 @@ from carry_env.config import (
     C_TURNOVER_PENALTY,
     C_UNIFIED,
     C_USDT_BORROW,
+    C_VOL_BARS,
     C_VOL_DECAY,
     C_VOL_PENALTY,
 )
@@ -133,10 +134,12 @@ N_MKT = 23
 F_CASH = 0
 F_EQUITY = 1
 F_PEAK = 2
-F_RET_VAR = 3
+F_RET_VAR = 3  # exponentially weighted sum of squared horizon returns
 F_FLASH_LEVEL = 4  # decay^age of the running flash event; 0 when none
 F_MARGIN_RATIO = 5
-N_FS = 6
+F_VOL_ANCHOR = 6  # equity at the last volatility-horizon boundary
+F_VOL_W = 7  # exponentially weighted count of horizon returns (bias correction of F_RET_VAR)
+N_FS = 8
 
 # ---- per-env, per-asset float state as_[B, N, A_*] ----
 A_SPOT = 0
@@ -656,6 +659,28 @@ def _liquidate(
 
 
 @_jit(inline="always")
+def _horizon_vol(b: int, t1: int, e1: float, cfg: np.ndarray, fs: np.ndarray) -> float:
+    """Annualised volatility of env b's equity from returns over a fixed clock horizon.
+
+    At every `C_VOL_BARS`-th bar of the data grid the return since the last boundary enters an
+    exponentially weighted mean of squares (bias-corrected by the weight sum); the estimate is
+    annualised with the horizon's length, so 15 m, 1 h and 8 h bars of one market agree. 0 until
+    the first horizon return.
+    """
+    k_bars = int(cfg[C_VOL_BARS])
+    if t1 % k_bars == 0:
+        anchor = fs[b, F_VOL_ANCHOR]
+        r_h = e1 / anchor - 1.0 if anchor > 0.0 else 0.0
+        decay = cfg[C_VOL_DECAY]
+        fs[b, F_RET_VAR] = decay * fs[b, F_RET_VAR] + r_h * r_h
+        fs[b, F_VOL_W] = decay * fs[b, F_VOL_W] + 1.0
+        fs[b, F_VOL_ANCHOR] = e1
+    if fs[b, F_VOL_W] <= 0.0:
+        return 0.0
+    return math.sqrt(fs[b, F_RET_VAR] / fs[b, F_VOL_W] / (k_bars * cfg[C_BAR_YEARS]))
+
+
+@_jit(inline="always")
 def apply_env(
     b: int,
     mkt: np.ndarray,
@@ -746,11 +771,12 @@ def apply_env(
     r_basis = price_pnl / denom
     costs = info[b, K_FEES] + info[b, K_SLIPPAGE] + borrow + liq_loss
     r_costs = costs / denom
-    ret = (e1 - e0) / denom
-    decay = cfg[C_VOL_DECAY]
-    fs[b, F_RET_VAR] = decay * fs[b, F_RET_VAR] + (1.0 - decay) * ret * ret
+    sigma = _horizon_vol(b, t1, e1, cfg, fs)
+    # Every risk term is a rate per unit of time or per unit traded, so its yearly sum does not
+    # depend on the bar length: drawdown per day (C_DD_PENALTY is scaled by bar_days), volatility
+    # per year, turnover per notional traded.
     risk = cfg[C_DD_PENALTY] * max(0.0, dd - cfg[C_DD_THRESHOLD])
-    risk += cfg[C_VOL_PENALTY] * math.sqrt(fs[b, F_RET_VAR])
+    risk += cfg[C_VOL_PENALTY] * sigma * dt
     risk += cfg[C_TURNOVER_PENALTY] * info[b, K_TURNOVER] / denom
     if liquidated:
         risk += cfg[C_LIQ_PENALTY]
