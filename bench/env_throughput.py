@@ -1,4 +1,4 @@
-"""Env throughput, measured in one run: CartPole-v1 vs CarryTrade-v0 (single) and the batched env.
+"""Env throughput, measured in one run: CartPole-v1 vs CarryTrade-v1 (single) and the batched env.
 
 Prints steps/s of CartPole-v1 and of the single carry env with every mechanism on (both through
 `gym.make`, so both pay gymnasium's wrappers; the unwrapped figures too), env-steps/s of the batched
@@ -85,7 +85,7 @@ def main() -> None:
         f"{market.n_bars} bars x {market.n_symbols} symbol, 15 min; best of 3 x {sec:g} s"
     )
     cart = gym.make("CartPole-v1")
-    carry = gym.make("carry_env/CarryTrade-v0", market=market, config=config)
+    carry = gym.make("carry_env/CarryTrade-v1", market=market, config=config)
     single_rate(carry, carry_actions, 0.2)  # warm-up: compiles the kernel
     r_cart = best_of(lambda: single_rate(cart, cart_actions, sec))
     r_carry = best_of(lambda: single_rate(carry, carry_actions, sec))
@@ -93,13 +93,13 @@ def main() -> None:
     r_carry_raw = best_of(lambda: single_rate(carry.unwrapped, carry_actions, sec))
     print(f"{'CartPole-v1 (gym.make)':<38}{r_cart:>14,.0f} steps/s")
     print(
-        f"{'CarryTrade-v0 (gym.make, all on)':<38}{r_carry:>14,.0f} steps/s   "
+        f"{'CarryTrade-v1 (gym.make, all on)':<38}{r_carry:>14,.0f} steps/s   "
         f"ratio {r_carry / r_cart:.2f}x "
         f"CartPole (target >= 1.0x)"
     )
     print(f"{'CartPole-v1 (unwrapped)':<38}{r_cart_raw:>14,.0f} steps/s")
     print(
-        f"{'CarryTrade-v0 (unwrapped, all on)':<38}{r_carry_raw:>14,.0f} steps/s   ratio "
+        f"{'CarryTrade-v1 (unwrapped, all on)':<38}{r_carry_raw:>14,.0f} steps/s   ratio "
         f"{r_carry_raw / r_cart_raw:.2f}x"
     )
     batched_config = EnvConfig(random_start=True)  # envs spread over the year, as in training

@@ -1,7 +1,7 @@
 """carry_env: a gymnasium environment for the spot-perpetual funding-rate carry trade.
 
-`gymnasium.make("carry_env/CarryTrade-v0", market=frame_or_market_data, config=EnvConfig(...))` for
-the continuous env, `carry_env/CarryTradeDiscrete-v0` for the discrete one with action masks.
+`gymnasium.make("carry_env/CarryTrade-v1", market=frame_or_market_data, config=EnvConfig(...))` for
+the continuous env, `carry_env/CarryTradeDiscrete-v1` for the discrete one with action masks.
 """
 
 from gymnasium.envs.registration import register
@@ -26,10 +26,10 @@ __all__ = [
 ]
 
 register(
-    id="carry_env/CarryTradeDiscrete-v0", entry_point="carry_env.discrete:CarryTradeDiscreteEnv"
+    id="carry_env/CarryTradeDiscrete-v1", entry_point="carry_env.discrete:CarryTradeDiscreteEnv"
 )
 register(
-    id="carry_env/CarryTrade-v0",
+    id="carry_env/CarryTrade-v1",
     entry_point="carry_env.env:CarryTradeEnv",
     vector_entry_point="carry_env.vector:CarryTradeVectorEnv",
 )

@@ -41,6 +41,7 @@ class CarryTradeDiscreteEnv(CarryTradeEnv):
     Observation, reward and episode end are those of `CarryTradeEnv`.
 
     ## Version History
+    - v1: the dynamics and reward of `CarryTrade-v1` (see `CarryTradeEnv`).
     - v0: first release.
     """
 

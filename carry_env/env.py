@@ -89,8 +89,10 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     start of the step: carry = funding P&L; basis = price P&L of both legs (for a hedged book, the
     basis change); costs = fees + slippage (half-spread, impact, tick) + borrow interest +
     liquidation loss; risk = `drawdown_penalty` per day * max(0, drawdown - `drawdown_threshold`) +
-    `volatility_penalty` * EW std of step returns + `turnover_penalty` * turnover / equity, +
-    `liquidation_penalty` on liquidation. `info` has every term (`reward_carry`, `reward_basis`,
+    `volatility_penalty` per year * the account's annualised volatility (estimated from its returns
+    over `volatility_horizon_hours` of clock time) + `turnover_penalty` * turnover / equity, +
+    `liquidation_penalty` on liquidation. Every risk term is a rate of time or of notional traded,
+    so the same market on 15 m, 1 h or 8 h bars gives the same yearly sum of each term. `info` has every term (`reward_carry`, `reward_basis`,
     `reward_costs`, `risk_penalty`) and the cash flows, which satisfy `equity[t+1] - equity[t] ==
     funding_pnl + price_pnl - fees - slippage - borrow_cost - liquidation_loss`.
 
@@ -107,6 +109,8 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     replay a chosen window.
 
     ## Version History
+    - v1: risk terms scale with time (v0 charged the per-step return std every step, whose
+      yearly sum grew with sqrt(bars per year) and ranked real BTC long carry below flat).
     - v0: first release.
     """
 

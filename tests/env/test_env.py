@@ -57,10 +57,10 @@ def test_sb3_checker_passes_without_warnings(stress_config: EnvConfig, cls: type
 
 
 def test_make_by_id() -> None:
-    env = gym.make("carry_env/CarryTrade-v0", market=MARKET, config=EnvConfig())
+    env = gym.make("carry_env/CarryTrade-v1", market=MARKET, config=EnvConfig())
     obs, _ = env.reset(seed=1)
     assert obs.shape == env.observation_space.shape == (len(env.unwrapped.observation_names),)
-    denv = gym.make("carry_env/CarryTradeDiscrete-v0", market=MARKET)
+    denv = gym.make("carry_env/CarryTradeDiscrete-v1", market=MARKET)
     denv.reset(seed=1)
     assert denv.action_space.nvec.tolist() == [8, 8]
 

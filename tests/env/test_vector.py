@@ -69,7 +69,7 @@ def test_partial_reset_mask() -> None:
 
 def test_make_vec_uses_the_batched_env() -> None:
     venv = gym.make_vec(
-        "carry_env/CarryTrade-v0",
+        "carry_env/CarryTrade-v1",
         num_envs=4,
         vectorization_mode="vector_entry_point",
         market=MARKET,
