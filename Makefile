@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck bench clean
+.PHONY: install run test lint typecheck bench clean mutation
 
 # torch==2.13.0 is installed on its own first: that pin resolves to the local CPU wheel, and any
 # other torch requirement would pull several GB of CUDA packages.
@@ -33,6 +33,11 @@ typecheck: install
 
 bench: install
 	$(PY) bench/env_throughput.py
+
+# Curated mutation check (issue 13): plants each bug of tests/mutation/specs/ in a scratch copy
+# and runs its tests; fails on any survivor. Not part of `make test` (minutes, not seconds).
+mutation: install
+	$(PY) -m tests.mutation.run $(if $(ONLY),--only $(ONLY),)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

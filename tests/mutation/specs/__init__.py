@@ -1,0 +1,1 @@
+"""Mutation specs: each module exports `MUTATIONS: list[Mutation]`; the runner imports all."""
