@@ -101,6 +101,9 @@ def check_anchors(mutations: list[Mutation], root: Path = PROJECT_ROOT) -> list[
             apply_mutation(path.read_text(encoding="utf-8"), mutation)
         except AnchorError as exc:
             errors.append(str(exc))
+        # A missing test file would make pytest fail, and the mutant look caught.
+        missing = [t for t in mutation.tests if not (root / t.split("::")[0]).exists()]
+        errors += [f"{mutation.id}: test path {t} does not exist" for t in missing]
     return errors
 
 
@@ -139,10 +142,10 @@ def run_one(mutation: Mutation, scratch: Path) -> Outcome:
         return Outcome(mutation, "EQUIVALENT", (mutation.equivalent,), 0.0)
     path = scratch / mutation.path
     original = path.read_text(encoding="utf-8")
-    try:
-        mutant = apply_mutation(original, mutation)
-    except AnchorError as exc:
-        return Outcome(mutation, "ANCHOR", (str(exc),), 0.0)
+    errors = check_anchors([mutation], root=scratch)
+    if errors:
+        return Outcome(mutation, "ANCHOR", tuple(errors), 0.0)
+    mutant = apply_mutation(original, mutation)
     start = time.monotonic()
     path.write_text(mutant, encoding="utf-8")
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}

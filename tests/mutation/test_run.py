@@ -36,6 +36,8 @@ def test_apply_refuses_a_no_op_mutant() -> None:
 
 def test_check_anchors_names_missing_files_and_bad_anchors(tmp_path: Path) -> None:
     (tmp_path / "m.py").write_text("x = a + b\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "x.py").write_text("")
     good = _mutation(id="good")
     missing_file = _mutation(id="nofile", path="gone.py")
     bad = _mutation(id="bad", old="a * b")
@@ -43,6 +45,10 @@ def test_check_anchors_names_missing_files_and_bad_anchors(tmp_path: Path) -> No
     assert len(errors) == 2
     assert errors[0].startswith("nofile: file gone.py does not exist")
     assert errors[1].startswith("bad: anchor")
+    no_test = Mutation("t-nt", "m.py", "a + b", "a - b", ("tests/gone.py::test_x",))
+    assert run.check_anchors([no_test], root=tmp_path) == [
+        "t-nt: test path tests/gone.py::test_x does not exist"
+    ]
 
 
 def _fake_specs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, modules: dict[str, str]) -> str:
