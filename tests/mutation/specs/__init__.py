@@ -1,1 +1,1 @@
-"""Curated mutations, one module per area; each defines `MUTATIONS: list[Mutation]`."""
+"""Mutation specs: each module exports `MUTATIONS: list[Mutation]`; the runner imports all."""
