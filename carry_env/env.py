@@ -111,7 +111,8 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Version History
     - v1: an action not of shape `(N,)` is an error (v0 broadcast a length-1 action to every
       asset); the rebalance band and minimum order apply to the hedged pair, so both legs trade or
-      neither (v0 could trade one leg only after a basis move).
+      neither (v0 could trade one leg only after a basis move); a frame whose settlements are
+      further apart than 8 h, or than its `funding_interval_hours` says, is rejected.
     - v0: first release.
     """
 

@@ -35,7 +35,8 @@ class CarryTradeVectorEnv(VectorEnv):
     """`num_envs` independent carry-trade accounts over one market, stepped together.
 
     Observation, action, reward and episode semantics are those of `CarryTradeEnv` (see its
-    docstring). `infos` is a dict of `[num_envs]` arrays (one per `CarryTradeEnv` info key,
+    docstring); actions are `[num_envs, N]`, and any other shape is an error. `infos` is a dict
+    of `[num_envs]` arrays (one per `CarryTradeEnv` info key,
     `spot_qty`/`perp_qty`/`collateral` as `[num_envs, N]`), each with its `_key` mask as gymnasium's
     vector API expects.
 
