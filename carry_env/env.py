@@ -192,13 +192,14 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
 
 
 def checked_action(action: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """`action` as a float64 array, which must have exactly `shape`.
+    """`action` as an array (its dtype kept; the caller's buffer converts), which must have exactly
+    `shape`.
 
     Raises:
         ValueError: the action has another shape; the message names both (a length-1 action is
             never broadcast to every asset).
     """
-    a = np.asarray(action, dtype=np.float64)
+    a = np.asarray(action)
     if a.shape != shape:
         raise ValueError(
             f"action has shape {a.shape}; expected {shape} "
