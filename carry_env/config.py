@@ -137,8 +137,8 @@ class EnvConfig:
     tick_bps: float = 0.1
     """Fixed slippage of about one price tick per traded leg, in bp of notional."""
     rebalance_band: float = 0.02
-    """A leg is traded only when its change exceeds this fraction of equity (closing to zero always
-    trades)."""
+    """A hedged pair is rebalanced only when one of its legs changes by at least this fraction of
+    equity (and `min_order_usd`); then both legs trade, else neither (closing always trades)."""
     min_order_usd: float = 10.0
     """Exchange minimum notional of an order; smaller changes are not traded."""
 

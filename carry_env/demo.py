@@ -102,21 +102,59 @@ def run_episode(env: CarryTradeEnv, policy: Policy, name: str, seed: int) -> Epi
 
 
 def format_table(rows: list[EpisodeSummary], initial: float, days: float) -> str:
-    """A fixed-width table of episode summaries."""
-    head = (
-        f"{'policy':<18}{'equity':>12}{'return':>9}{'ann.':>8}{'funding':>10}{'price':>10}{'fees':>9}"
-        f"{'slippage':>10}{'borrow':>8}{'liq.':>8}{'maxDD':>8}  ended"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        ret = r.final_equity / initial - 1.0
-        ann = (1.0 + ret) ** (365.0 / days) - 1.0 if r.final_equity > 0 else -1.0
-        lines.append(
-            f"{r.policy:<18}{r.final_equity:>12,.2f}{ret:>9.2%}{ann:>8.1%}{r.funding:>10,.2f}{r.price:>10,.2f}"
-            f"{r.fees:>9,.2f}{r.slippage:>10,.2f}{r.borrow:>8,.2f}{r.liquidation:>8,.2f}{r.max_drawdown:>8.2%}"
-            f"  {r.ended}"
-        )
+    """A table of episode summaries, each column as wide as its widest header or value (two spaces
+    apart), so figures of any size stay apart."""
+    header = [
+        "policy",
+        "equity",
+        "return",
+        "ann.",
+        "funding",
+        "price",
+        "fees",
+        "slippage",
+        "borrow",
+        "liq.",
+        "maxDD",
+        "ended",
+    ]
+    body = [_summary_cells(r, initial, days) for r in rows]
+    widths = [max(len(line[c]) for line in (header, *body)) for c in range(len(header))]
+    lines = [_table_line(header, widths)]
+    lines.append("-" * len(lines[0]))
+    lines.extend(_table_line(cells, widths) for cells in body)
     return "\n".join(lines)
+
+
+def _summary_cells(r: EpisodeSummary, initial: float, days: float) -> list[str]:
+    ret = r.final_equity / initial - 1.0
+    ann = (1.0 + ret) ** (365.0 / days) - 1.0 if r.final_equity > 0 else -1.0
+    money = (r.final_equity, r.funding, r.price, r.fees, r.slippage, r.borrow, r.liquidation)
+    equity, funding, price, fees, slippage, borrow, liq = (f"{x:,.2f}" for x in money)
+    return [
+        r.policy,
+        equity,
+        f"{ret:.2%}",
+        f"{ann:.1%}",
+        funding,
+        price,
+        fees,
+        slippage,
+        borrow,
+        liq,
+        f"{r.max_drawdown:.2%}",
+        r.ended,
+    ]
+
+
+def _table_line(cells: list[str], widths: list[int]) -> str:
+    # The first (policy) and last (ended) columns are text, left-aligned; the figures right-aligned.
+    last = len(cells) - 1
+    parts = [
+        cell.ljust(w) if c in (0, last) else cell.rjust(w)
+        for c, (cell, w) in enumerate(zip(cells, widths, strict=True))
+    ]
+    return "  ".join(parts).rstrip()
 
 
 def main(argv: list[str] | None = None) -> None:

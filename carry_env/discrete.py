@@ -1,5 +1,9 @@
-"""`CarryTradeDiscreteEnv`: the carry trade with discrete actions and action masks (sb3-contrib
-MaskablePPO)."""
+"""Discrete carry-trade envs with exact action masks (sb3-contrib MaskablePPO): one asset is
+resized per step, so the masks of the joint action are exact.
+
+`CarryTradeDiscreteEnv` is the single env; `CarryTradeDiscreteVectorEnv` the batched one, whose
+`action_masks()` gives one row per env (and so does `SB3VecEnv.env_method("action_masks")`).
+"""
 
 from __future__ import annotations
 
@@ -8,40 +12,96 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from gymnasium.vector.utils import batch_space
 
 from carry_env import kernel as k
 from carry_env.config import EnvConfig
 from carry_env.env import CarryTradeEnv
 from carry_env.feeds import Executor, MarketFeed
 from carry_env.market import MarketData
+from carry_env.vector import CarryTradeVectorEnv
+
+DEFAULT_BUCKETS = (0.25, 0.5, 1.0)
+"""Default size buckets: fractions of the full weight `a = 1`."""
+
+
+def bucket_weights(size_buckets: Sequence[float]) -> np.ndarray:
+    """Per-asset weights of the discrete choices: flatten, the K long buckets, the K reverse ones.
+
+    Raises:
+        ValueError: the buckets are empty, unsorted, repeated or outside (0, 1].
+    """
+    buckets = tuple(float(x) for x in size_buckets)
+    if (
+        not buckets
+        or any(not 0.0 < x <= 1.0 for x in buckets)
+        or list(buckets) != sorted(set(buckets))
+    ):
+        raise ValueError(
+            f"size_buckets must be increasing, distinct values in (0, 1]; got {size_buckets}"
+        )
+    return np.array([0.0, *buckets, *(-x for x in buckets)])
+
+
+def choice_to_weights(choice: np.ndarray, n_symbols: int, weights: np.ndarray) -> np.ndarray:
+    """`[B]` discrete choices -> `[B, N]` kernel actions (NaN = hold).
+
+    Choice 0 holds every asset; choice `1 + i * W + j` sets asset i to `weights[j]` and holds the
+    others (W = `len(weights)`).
+
+    Raises:
+        ValueError: a choice is not an integer in `[0, N * W]`; the message names it.
+    """
+    c = np.asarray(choice)
+    n_choices = 1 + n_symbols * weights.shape[0]
+    if c.ndim != 1 or not np.issubdtype(c.dtype, np.integer) and not np.all(c == np.round(c)):
+        raise ValueError(f"discrete actions {choice!r} must be integers, one per env")
+    c = c.astype(np.int64)
+    if (c < 0).any() or (c >= n_choices).any():
+        raise ValueError(f"discrete actions {choice!r} must lie in [0, {n_choices - 1}]")
+    out = np.full((c.shape[0], n_symbols), np.nan)
+    active = np.flatnonzero(c > 0)
+    asset, which = np.divmod(c[active] - 1, weights.shape[0])
+    out[active, asset] = weights[which]
+    return out
 
 
 class CarryTradeDiscreteEnv(CarryTradeEnv):
-    """`CarryTradeEnv` with one discrete choice per asset and masks of what is infeasible.
+    """`CarryTradeEnv` with one discrete choice per step, acting on one asset at a time, and exact
+    masks of what is infeasible.
 
     ## Action Space
-    `MultiDiscrete([2 + 2 * K] * N)` with K size buckets (default 0.25, 0.5, 1.0). Per asset:
+    `Discrete(1 + N * (1 + 2K))` with K size buckets (default 0.25, 0.5, 1.0):
 
     | value | meaning |
     |-------|---------|
-    | 0 | hold: leave the asset's position as it is |
-    | 1 | flatten: close both legs |
-    | 2 .. 1 + K | long carry (long spot, short perp) at bucket 1 .. K: weight `+bucket` |
-    | 2 + K .. 1 + 2K | reverse carry (short spot, long perp) at bucket 1 .. K: weight `-bucket` |
+    | 0 | hold every asset |
+    | 1 + i * (1 + 2K) | asset i: flatten (close both legs) |
+    | 1 + i * (1 + 2K) + j, j = 1 .. K | asset i: long carry, weight `+bucket_j` |
+    | 1 + i * (1 + 2K) + K + j, j = 1 .. K | asset i: reverse carry, weight `-bucket_j` |
 
-    A weight acts exactly as the continuous env's action (`size = weight * equity * leverage_cap`).
+    Every asset but the chosen one holds. A weight acts exactly as the continuous env's action
+    (`size = weight * equity * leverage_cap`). One asset per step is the design choice that makes
+    the masks exact: a per-asset (MultiDiscrete) mask cannot express a budget shared by assets
+    moving together.
 
     ## Action Masks
-    `action_masks()` returns `N * (2 + 2K)` booleans (MaskablePPO's layout for MultiDiscrete).
-    Masked out: every action but hold while the exchange is halted (nothing can fill); reverse-carry
-    buckets when `allow_reverse_carry` is off; buckets whose leverage would exceed what is left of
-    the budget `sum_i |size_i| / max_leverage_t,i <= equity` given the other assets' positions. Hold
-    is never masked.
+    `action_masks()` returns `1 + N * (1 + 2K)` booleans, computed for this joint action space by
+    the kernel (`kernel.single_asset_masks`) with `plan_env`'s own arithmetic: an action is
+    allowed iff it trades without being clamped. Masked out: every action but hold while the
+    exchange is halted or equity is not positive (nothing can fill); reverse-carry buckets when
+    `allow_reverse_carry` is off; buckets whose leverage `|w| * equity * leverage_cap /
+    max_leverage_t,i` exceeds what the other (held) assets leave of the budget `sum_i |size_i| /
+    max_leverage_t,i <= equity`. Hold is never masked, so no feasible action is masked and no
+    allowed action is clamped.
 
     Observation, reward and episode end are those of `CarryTradeEnv`.
 
     ## Version History
-    - v1: the dynamics and reward of `CarryTrade-v1` (see `CarryTradeEnv`).
+    - v1: the dynamics and reward of `CarryTrade-v1` (see `CarryTradeEnv`);
+      `Discrete` one-asset-at-a-time actions with exact masks (v0's per-asset MultiDiscrete
+      masks ignored that the other assets move in the same step: feasible joint actions were
+      masked and allowed ones clamped).
     - v0: first release.
     """
 
@@ -50,66 +110,80 @@ class CarryTradeDiscreteEnv(CarryTradeEnv):
         market: MarketData | Any,
         config: EnvConfig | None = None,
         *,
-        size_buckets: Sequence[float] = (0.25, 0.5, 1.0),
+        size_buckets: Sequence[float] = DEFAULT_BUCKETS,
         feed: MarketFeed | None = None,
         executor: Executor | None = None,
         render_mode: str | None = None,
     ) -> None:
-        buckets = tuple(float(x) for x in size_buckets)
-        if (
-            not buckets
-            or any(not 0.0 < x <= 1.0 for x in buckets)
-            or list(buckets) != sorted(set(buckets))
-        ):
-            raise ValueError(
-                f"size_buckets must be increasing, distinct values in (0, 1]; got {size_buckets}"
-            )
+        weights = bucket_weights(size_buckets)
         super().__init__(market, config, feed=feed, executor=executor, render_mode=render_mode)
-        self.size_buckets = buckets
-        self._n_choices = 2 + 2 * len(buckets)
-        self.action_space = spaces.MultiDiscrete([self._n_choices] * self.market.n_symbols)
-        self._weights = np.array([np.nan, 0.0, *buckets, *(-x for x in buckets)])
+        self.size_buckets = tuple(float(x) for x in size_buckets)
+        self._weights = weights
+        self.action_space = spaces.Discrete(1 + self.market.n_symbols * weights.shape[0])
+        self._mask_buf = np.zeros((1, int(self.action_space.n)), dtype=np.bool_)
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Map each asset's choice to its weight (hold = no order) and step."""
-        choice = np.asarray(action, dtype=np.int64).reshape(-1)
-        if (
-            choice.shape[0] != self.market.n_symbols
-            or (choice < 0).any()
-            or (choice >= self._n_choices).any()
-        ):
-            raise ValueError(
-                f"action {action!r} must hold {self.market.n_symbols} values "
-                f"in [0, {self._n_choices - 1}]"
-            )
-        return super().step(self._weights[choice])
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Map the choice to per-asset weights (the unchosen assets hold) and step."""
+        choice = np.asarray(action)
+        if choice.shape not in ((), (1,)):
+            raise ValueError(f"action has shape {choice.shape}; expected () (one discrete choice)")
+        weights = choice_to_weights(choice.reshape(1), self.market.n_symbols, self._weights)
+        return super().step(weights[0])
 
     def action_masks(self) -> np.ndarray:
-        """Feasible actions now, flattened per asset (see the class docstring)."""
+        """Allowed actions now (see the class docstring)."""
         eng = self.engine
-        n, nb = self.market.n_symbols, len(self.size_buckets)
-        mask = np.ones((n, self._n_choices), dtype=bool)
-        if eng.is_[0, k.I_HALT] > 0:
-            mask[:, 1:] = False
-            return mask.reshape(-1)
-        if not self.config.allow_reverse_carry:
-            mask[:, 2 + nb :] = False
-        equity = eng.fs[0, k.F_EQUITY]
-        if equity <= 0.0:
-            mask[:, 2:] = False
-            return mask.reshape(-1)
-        t = int(eng.is_[0, k.I_T])
-        maxlev = eng.tensor.mkt[t, :, k.M_MAXLEV]
-        used = np.empty(n)
-        for i in range(n):
-            s, p, _, _ = k.effective_prices(0, i, t, eng.tensor.mkt, eng.fs, eng.as_, eng.cfg)
-            used[i] = (
-                abs(eng.as_[0, i, k.A_SPOT] * s) + abs(eng.as_[0, i, k.A_PERP] * p)
-            ) / maxlev[i]
-        for i in range(n):
-            left = equity - (used.sum() - used[i])
-            need = np.asarray(self.size_buckets) * equity * self.config.leverage_cap / maxlev[i]
-            ok = need <= left * (1.0 + 1e-9)
-            mask[i, 2 : 2 + nb] &= ok
-            mask[i, 2 + nb :] &= ok
-        return mask.reshape(-1)
+        k.single_asset_masks(
+            self._weights, eng.tensor.mkt, eng.cfg, eng.fs, eng.as_, eng.is_, self._mask_buf
+        )
+        return self._mask_buf[0].copy()
+
+
+class CarryTradeDiscreteVectorEnv(CarryTradeVectorEnv):
+    """`num_envs` discrete carry-trade accounts stepped together: the batched
+    `CarryTradeDiscreteEnv` (same actions, masks and semantics; env i seeded with `seed + i`
+    behaves as a `CarryTradeDiscreteEnv` reset with `seed + i`).
+
+    `action_masks()` is `[num_envs, 1 + N * (1 + 2K)]`; wrapped in `SB3VecEnv`,
+    `env_method("action_masks")` gives env i its own row, as sb3-contrib's MaskablePPO expects.
+    """
+
+    per_env_methods = ("action_masks",)
+    """Methods whose result is batched: `SB3VecEnv.env_method` hands each env its own row."""
+
+    def __init__(
+        self,
+        market: MarketData | Any,
+        config: EnvConfig | None = None,
+        num_envs: int = 1,
+        *,
+        size_buckets: Sequence[float] = DEFAULT_BUCKETS,
+        parallel: bool | None = None,
+    ) -> None:
+        weights = bucket_weights(size_buckets)
+        super().__init__(market, config, num_envs, parallel=parallel)
+        self.size_buckets = tuple(float(x) for x in size_buckets)
+        self._weights = weights
+        self.single_action_space = spaces.Discrete(1 + self.market.n_symbols * weights.shape[0])
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._mask_buf = np.zeros((num_envs, int(self.single_action_space.n)), dtype=np.bool_)
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Map each env's choice to per-asset weights and step the batch."""
+        choice = np.asarray(actions)
+        if choice.shape != (self.num_envs,):
+            raise ValueError(
+                f"actions have shape {choice.shape}; expected ({self.num_envs},) "
+                "(one discrete choice per env)"
+            )
+        return super().step(choice_to_weights(choice, self.market.n_symbols, self._weights))
+
+    def action_masks(self) -> np.ndarray:
+        """Allowed actions of every env now, `[num_envs, n_actions]`."""
+        eng = self.engine
+        k.single_asset_masks(
+            self._weights, eng.tensor.mkt, eng.cfg, eng.fs, eng.as_, eng.is_, self._mask_buf
+        )
+        return self._mask_buf.copy()

@@ -36,10 +36,12 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Action Space
     `Box(-1, 1, (N,), float32)`: per asset a weight `a`; the hedged notional is `size = a * equity *
     leverage_cap` with spot target `+size / 2` and perp target `-size / 2` (for `a < 0` the signs
-    flip). Values outside [-1, 1] are clipped; NaN holds the asset's position unchanged. If `sum_i
+    flip). An action of any other shape than `(N,)` is an error (nothing is broadcast). Values
+    outside [-1, 1] are clipped; NaN holds the asset's position unchanged. If `sum_i
     |size_i| / max_leverage_t,i` exceeds equity, all traded sizes are scaled down together
-    (`info["clamped"]`). A leg trades only when the change exceeds `rebalance_band * equity` and
-    `min_order_usd` (closing to zero always trades). Nothing fills during a halt.
+    (`info["clamped"]`). The hedged pair is rebalanced only when one of its legs changes by at least
+    `rebalance_band * equity` and `min_order_usd`; then both legs trade, else neither (closing to
+    zero always trades). Nothing fills during a halt.
 
     ## Observation Space
     `Box(-1e6, 1e6, (N * (19 + F) + 11 + E,), float32)` (values clipped to the bounds, which only
@@ -110,7 +112,11 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Version History
     - v1: risk terms scale with time (v0 charged the per-step return std every step, whose
-      yearly sum grew with sqrt(bars per year) and ranked real BTC long carry below flat).
+      yearly sum grew with sqrt(bars per year) and ranked real BTC long carry below flat);
+      an action not of shape `(N,)` is an error (v0 broadcast a length-1 action to every
+      asset); the rebalance band and minimum order apply to the hedged pair, so both legs trade or
+      neither (v0 could trade one leg only after a basis move); a frame whose settlements are
+      further apart than 8 h, or than its `funding_interval_hours` says, is rejected.
     - v0: first release.
     """
 
@@ -157,7 +163,7 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
         """Trade towards `action`, advance one bar, settle it."""
         if self._needs_reset:
             raise RuntimeError("call reset() before step(), and again after an episode ends")
-        self._act[:] = action
+        self._act[:] = checked_action(action, (self.market.n_symbols,))
         eng = self.engine
         eng.step()
         terminated = bool(eng.term[0])
@@ -187,3 +193,20 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
             f"fees={info['fees']:.2f} slippage={info['slippage']:.2f} "
             f"margin_ratio={info['margin_ratio']:.2f}"
         )
+
+
+def checked_action(action: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """`action` as an array (its dtype kept; the caller's buffer converts), which must have exactly
+    `shape`.
+
+    Raises:
+        ValueError: the action has another shape; the message names both (a length-1 action is
+            never broadcast to every asset).
+    """
+    a = np.asarray(action)
+    if a.shape != shape:
+        raise ValueError(
+            f"action has shape {a.shape}; expected {shape} "
+            f"({'one weight per asset' if len(shape) == 1 else 'one row of weights per env'})"
+        )
+    return a

@@ -416,6 +416,22 @@ def _target_weight(a: float, cfg: np.ndarray) -> float:
 
 
 @_jit(inline="always")
+def _pair_trades(
+    dn_s: float, dn_p: float, closing: bool, spot: float, perp: float, threshold: float
+) -> bool:
+    """Whether a hedged pair is rebalanced: both legs trade or neither (no legging).
+
+    The pair trades when either leg's notional change `dn_s` / `dn_p` reaches `threshold` (the
+    larger of `min_order_usd` and `rebalance_band * equity`), or when it is being closed while
+    either leg is still open. A basis move that shifts one leg past the band takes the other leg
+    with it, so the book never ends a step hedged on one side only.
+    """
+    if closing:
+        return spot != 0.0 or perp != 0.0
+    return max(abs(dn_s), abs(dn_p)) >= threshold
+
+
+@_jit(inline="always")
 def plan_env(
     b: int,
     act: np.ndarray,
@@ -429,8 +445,9 @@ def plan_env(
 
     `act[b, i]` in [-1, 1] sets the hedged notional `size = a * equity * leverage_cap` (spot
     `+size/2`, perp `-size/2`); NaN means hold. The leverage budget `sum |size_i| / max_leverage_i
-    <= equity` scales all traded assets down together when exceeded. Nothing trades while the venue
-    is halted.
+    <= equity` scales all traded assets down together when exceeded. The rebalance band and the
+    minimum order apply to the hedged pair (`_pair_trades`): both legs trade or neither. Nothing
+    trades while the venue is halted.
     """
     t = is_[b, I_T]
     n = as_.shape[1]
@@ -469,10 +486,57 @@ def plan_env(
         tgt_p = -half / p
         dq_s = tgt_s - as_[b, i, A_SPOT]
         dq_p = tgt_p - as_[b, i, A_PERP]
-        if abs(dq_s) * s >= threshold or (tgt_s == 0.0 and as_[b, i, A_SPOT] != 0.0):
+        if _pair_trades(
+            dq_s * s, dq_p * p, half == 0.0, as_[b, i, A_SPOT], as_[b, i, A_PERP], threshold
+        ):
             as_[b, i, A_DQ_S] = dq_s
-        if abs(dq_p) * p >= threshold or (tgt_p == 0.0 and as_[b, i, A_PERP] != 0.0):
             as_[b, i, A_DQ_P] = dq_p
+
+
+@_jit()
+def single_asset_masks(
+    weights: np.ndarray,
+    mkt: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Masks of the one-asset-at-a-time discrete action space, exactly as `plan_env` would act.
+
+    `out[b, 0]` is "hold every asset" (always allowed); `out[b, 1 + i * W + j]` is "asset i to
+    weight `weights[j]`, every other asset held". An action is allowed iff `plan_env` would trade
+    it without clamping: not halted, equity positive, the weight not turned into 0 by a disabled
+    reverse carry (unless it is 0), and `|w| * equity * leverage_cap / max_leverage_i` within the
+    equity left by the held assets' `gross / max_leverage` (summed in `plan_env`'s order).
+    """
+    nw = weights.shape[0]
+    n = as_.shape[1]
+    for b in range(out.shape[0]):
+        out[b, :] = False
+        out[b, 0] = True
+        equity = fs[b, F_EQUITY]
+        if is_[b, I_HALT] > 0 or equity <= 0.0:
+            continue
+        t = is_[b, I_T]
+        cap = cfg[C_LEVERAGE_CAP]
+        for i in range(n):
+            used_hold = 0.0
+            for j in range(n):
+                if j != i:
+                    s, p, sd, pd = effective_prices(b, j, t, mkt, fs, as_, cfg)
+                    gross = abs(as_[b, j, A_SPOT] * s) + abs(as_[b, j, A_PERP] * p)
+                    used_hold += gross / mkt[t, j, M_MAXLEV]
+            budget = equity - used_hold
+            maxlev = mkt[t, i, M_MAXLEV]
+            for c in range(nw):
+                w = weights[c]
+                a = _target_weight(w, cfg)
+                if a != w:
+                    continue  # reverse carry disabled: the weight would act as 0
+                used_active = abs(a) * equity * cap / maxlev
+                out[b, 1 + i * nw + c] = not (used_active > budget and used_active > 0.0)
 
 
 @_jit(inline="always")

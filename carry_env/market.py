@@ -2,8 +2,9 @@
 
 The market frame (see ARCHITECTURE.md) has one row per bar per symbol: `ts` (UTC, the time the row's
 values are known), `symbol`, `spot_price`, `perp_price`, `funding_rate` (settled at `ts`; null where
-none settles), and optionally `spot_depth_usd`, `perp_depth_usd`, `spread_bps`, `sentiment` and
-feature columns prefixed `f_`. Polars or pandas come in at this boundary only; everything after it
+none settles), and optionally `spot_depth_usd`, `perp_depth_usd`, `spread_bps`, `sentiment`,
+`funding_interval_hours` (checked against the spacing of settlements, then dropped) and feature
+columns prefixed `f_`. Polars or pandas come in at this boundary only; everything after it
 is numpy.
 """
 
@@ -25,6 +26,12 @@ FILLED_COLUMNS = ("spot_price", "perp_price", *OPTIONAL_COLUMNS)
 MAX_ABS_FUNDING_RATE = 0.1
 """A funding print beyond 10 % per interval is a unit error (percent instead of fraction), not a
 market."""
+MAX_FUNDING_INTERVAL_HOURS = 8.0
+"""No venue settles perpetual funding less often than every 8 h: settlements further apart, with no
+`funding_interval_hours` column saying so, are an aggregate (e.g. a daily mean of three prints)."""
+STATED_INTERVAL_COLUMN = "funding_interval_hours"
+"""Optional column (the pipeline's `market_bars` has it): hours of funding the rate settled at the
+row covers, forward-filled. Where present, each settlement must follow the previous one by it."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,6 +205,14 @@ def _build(df: pl.DataFrame, max_stale_bars: int) -> MarketData:
             if c in part.columns:
                 cols[c][rows, j] = part.get_column(c).fill_nan(None).to_numpy().astype(np.float64)
     _check_values(cols, symbols, grid)
+    stated = None
+    if STATED_INTERVAL_COLUMN in df.columns:
+        stated = np.full((t, n), np.nan)
+        for j, s in enumerate(symbols):
+            rows = ((ts_ns[s] - grid[0]) // bar_ns).astype(np.int64)
+            col = per_symbol[s].get_column(STATED_INTERVAL_COLUMN).cast(pl.Float64)
+            stated[rows, j] = col.fill_nan(None).to_numpy().astype(np.float64)
+    _check_settlement_spacing(cols["funding_rate"], stated, symbols, grid)
     for c in feature_names:
         _raise_if(np.isinf(cols[c]), f"column {c} must be finite where present", symbols, grid)
         _zero_warmup(cols[c])
@@ -299,6 +314,50 @@ def _check_values(cols: dict[str, np.ndarray], symbols: tuple[str, ...], grid: n
         symbols,
         grid,
     )
+
+
+def _check_settlement_spacing(
+    funding: np.ndarray, stated: np.ndarray | None, symbols: tuple[str, ...], grid: np.ndarray
+) -> None:
+    """Each settlement must cover the time since the previous one of its symbol.
+
+    With a `funding_interval_hours` column, the hours since the previous settlement must equal
+    the hours it states at the settlement (where known); without one, they must not exceed
+    `MAX_FUNDING_INTERVAL_HOURS`. A first settlement has nothing to compare with.
+
+    Raises:
+        ValueError: a settlement disagrees; the message names the symbol, both times, the spacing
+            and what was expected.
+    """
+    for j, s in enumerate(symbols):
+        rows = np.flatnonzero(~np.isnan(funding[:, j]))
+        if rows.shape[0] < 2:
+            continue
+        gap_h = np.diff(grid[rows]) / 3.6e12
+        if stated is None:
+            bad = gap_h > MAX_FUNDING_INTERVAL_HOURS + 1e-9
+            expected = np.full(gap_h.shape, MAX_FUNDING_INTERVAL_HOURS)
+        else:
+            expected = stated[rows[1:], j]
+            bad = ~np.isnan(expected) & (np.abs(gap_h - expected) > 1.0 / 3600.0)
+        if not bad.any():
+            continue
+        k = int(np.argmax(bad))
+        when, before = _fmt(grid[rows[k + 1]]), _fmt(grid[rows[k]])
+        if stated is None:
+            raise ValueError(
+                f"column funding_rate for {s} settles at {when}, {gap_h[k]:g} h after the previous "
+                f"settlement at {before}; no venue settles less often than every "
+                f"{MAX_FUNDING_INTERVAL_HOURS:g} h, so this looks like an aggregate of several "
+                "prints (e.g. a daily mean of three 8 h prints): give every print at its own time, "
+                f"or state the hours each rate covers in column {STATED_INTERVAL_COLUMN}"
+            )
+        raise ValueError(
+            f"column funding_rate for {s} settles at {when}, {gap_h[k]:g} h after the previous "
+            f"settlement at {before}, but {STATED_INTERVAL_COLUMN} says {expected[k]:g} h: a "
+            "settlement must cover the hours since the previous one (a missing print, or a mean "
+            "of several prints presented as one settlement)"
+        )
 
 
 def _raise_if(bad: np.ndarray, what: str, symbols: tuple[str, ...], grid: np.ndarray) -> None:

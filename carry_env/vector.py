@@ -24,6 +24,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from carry_env import kernel as k
 from carry_env.config import EnvConfig
 from carry_env.engine import Engine
+from carry_env.env import checked_action
 from carry_env.market import MarketData
 
 PARALLEL_MIN_ENVS = 256
@@ -34,7 +35,8 @@ class CarryTradeVectorEnv(VectorEnv):
     """`num_envs` independent carry-trade accounts over one market, stepped together.
 
     Observation, action, reward and episode semantics are those of `CarryTradeEnv` (see its
-    docstring). `infos` is a dict of `[num_envs]` arrays (one per `CarryTradeEnv` info key,
+    docstring); actions are `[num_envs, N]`, and any other shape is an error. `infos` is a dict
+    of `[num_envs]` arrays (one per `CarryTradeEnv` info key,
     `spot_qty`/`perp_qty`/`collateral` as `[num_envs, N]`), each with its `_key` mask as gymnasium's
     vector API expects.
 
@@ -100,7 +102,7 @@ class CarryTradeVectorEnv(VectorEnv):
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
         eng = self.engine
-        eng.act[:] = actions
+        eng.act[:] = checked_action(actions, (self.num_envs, self.market.n_symbols))
         eng.step()
         infos = self._infos()
         terminated = eng.term.copy()
@@ -181,7 +183,7 @@ class SB3VecEnv(VecEnv):
 
     def step_async(self, actions: np.ndarray) -> None:
         """Remember the actions for `step_wait`."""
-        self._actions = np.asarray(actions, dtype=np.float64).reshape(self.num_envs, -1)
+        self._actions = np.asarray(actions)
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         """Step the batch; done envs report `terminal_observation` and `TimeLimit.truncated`."""
@@ -213,11 +215,16 @@ class SB3VecEnv(VecEnv):
     def env_method(
         self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any
     ) -> list[Any]:
-        """Call a method of the shared vector env once per selected index."""
-        return [
-            getattr(self.venv, method_name)(*method_args, **method_kwargs)
-            for _ in self._get_indices(indices)
-        ]
+        """Call a method of the shared vector env once per selected index.
+
+        A method the vector env lists in `per_env_methods` returns one row per env (e.g.
+        `action_masks`): it is called once and env i gets row i.
+        """
+        method = getattr(self.venv, method_name)
+        if method_name in getattr(self.venv, "per_env_methods", ()):
+            rows = method(*method_args, **method_kwargs)
+            return [rows[i] for i in self._get_indices(indices)]
+        return [method(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: Any = None) -> list[bool]:
         """Sub-envs are never wrapped."""

@@ -22,6 +22,7 @@ from carry_env import (
     Orders,
     SimExecutor,
 )
+from carry_env.vector import CarryTradeVectorEnv
 
 from .conftest import random_frame
 
@@ -62,7 +63,7 @@ def test_make_by_id() -> None:
     assert obs.shape == env.observation_space.shape == (len(env.unwrapped.observation_names),)
     denv = gym.make("carry_env/CarryTradeDiscrete-v1", market=MARKET)
     denv.reset(seed=1)
-    assert denv.action_space.nvec.tolist() == [8, 8]
+    assert denv.action_space.n == 15
 
 
 def test_same_seed_same_rollout(stress_config: EnvConfig) -> None:
@@ -279,31 +280,37 @@ def test_executor_with_bad_fills_is_rejected() -> None:
         env.step(np.zeros(2))
 
 
-def test_discrete_actions_map_to_weights() -> None:
-    env = CarryTradeDiscreteEnv(
-        MARKET, EnvConfig(anomalies=False, leverage_limit=False, rebalance_band=0.0)
-    )
-    env.reset(seed=0)
-    _, _, _, _, info = env.step(
-        np.array([4, 7])
-    )  # BTC long carry at bucket 3 (1.0), ETH reverse at bucket 3
-    assert info["spot_qty"][0] > 0 > info["perp_qty"][0]
-    assert info["spot_qty"][1] < 0 < info["perp_qty"][1]
-    _, _, _, _, info = env.step(np.array([0, 1]))  # hold BTC, flatten ETH
-    assert info["spot_qty"][0] > 0 and info["spot_qty"][1] == 0.0
-    with pytest.raises(ValueError, match="must hold 2 values"):
-        env.step(np.array([9, 0]))
-
-
 def test_discrete_masks_reverse_carry_and_leverage() -> None:
+    # Discrete(1 + 2 * 7): hold, then per asset flatten, +0.25, +0.5, +1, -0.25, -0.5, -1.
     env = CarryTradeDiscreteEnv(
         MARKET, EnvConfig(anomalies=False, allow_reverse_carry=False, leverage_limit=False)
     )
     env.reset(seed=0)
-    mask = env.action_masks().reshape(2, 8)
-    assert mask[:, :5].all() and not mask[:, 5:].any()
-    env.step(np.array([4, 0]))  # BTC takes the whole leverage budget
-    mask = env.action_masks().reshape(2, 8)
-    assert mask[1, 0] and mask[1, 1]  # hold and flatten stay allowed
-    assert not mask[1, 2:5].any()  # no budget left for ETH
-    assert mask[0, 2:5].all()  # BTC may resize within its own budget
+    mask = env.action_masks()
+    per_asset = mask[1:].reshape(2, 7)
+    assert mask[0] and per_asset[:, :4].all() and not per_asset[:, 4:].any()
+    env.step(4)  # BTC takes the whole leverage budget
+    per_asset = env.action_masks()[1:].reshape(2, 7)
+    assert per_asset[1, 0]  # flatten stays allowed
+    assert not per_asset[1, 1:4].any()  # no budget left for ETH
+    assert per_asset[0, :4].all()  # BTC may resize within its own budget
+
+
+@pytest.mark.parametrize("action", [np.array([1.0]), np.array([1.0, 1.0, 1.0]), np.ones((1, 2))])
+def test_action_of_another_shape_is_an_error(action: np.ndarray) -> None:
+    # v0 broadcast a length-1 action to every asset.
+    env = CarryTradeEnv(MARKET, EnvConfig(anomalies=False))
+    env.reset(seed=0)
+    with pytest.raises(
+        ValueError, match=rf"action has shape \({action.shape[0]},.*expected \(2,\)"
+    ):
+        env.step(action)
+
+
+def test_batched_action_of_another_shape_is_an_error() -> None:
+    venv = CarryTradeVectorEnv(MARKET, EnvConfig(anomalies=False), 3)
+    venv.reset(seed=0)
+    for bad in (np.ones(2), np.ones((3, 1)), np.ones((1, 2))):
+        with pytest.raises(ValueError, match=r"expected \(3, 2\)"):
+            venv.step(bad)
+    venv.step(np.ones((3, 2)))

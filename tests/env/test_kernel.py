@@ -200,7 +200,7 @@ def test_halt_masks_every_action_but_hold() -> None:
     env = CarryTradeDiscreteEnv(make_frame(FLAT), HALT_EVERY_BAR)
     env.reset(seed=0)
     assert env.action_masks().all()  # bar 0 is not halted
-    env.step(np.array([0]))
+    env.step(0)
     mask = env.action_masks()
     assert mask[0] and not mask[1:].any()
 
@@ -243,6 +243,30 @@ def test_rebalance_band_skips_small_changes() -> None:
     # Flattening always trades, however small the position.
     _, _, _, _, info = env.step(np.array([0.0]))
     assert info["spot_qty"][0] == 0.0 and info["turnover"] == pytest.approx(150_000.0)
+
+
+def test_rebalance_band_applies_to_the_hedged_pair() -> None:
+    # a = 1 at 100/100: 750 coins, -750 perps. The perp alone moves to 102: equity 100,000 - 750 * 2
+    # = 98,500, so a = 1 targets 73,875 a leg: spot 738.75 coins (a change of 1,125 USDT, under the
+    # 2 % band of 1,970) and perp -73,875 / 102 = -724.2647 (a change of 25.735 * 102 = 2,625, over
+    # it). The pair is rebalanced as one: both legs trade (v0 traded the perp leg only).
+    env = _env(_cfg(rebalance_band=0.02), perp=[100.0, 102.0, 102.0, 102.0, 102.0, 102.0])
+    env.step(np.array([1.0]))
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["spot_qty"][0] == pytest.approx(738.75)
+    assert info["perp_qty"][0] == pytest.approx(-73_875 / 102)
+    assert info["turnover"] == pytest.approx(1_125.0 + 2_625.0)
+    # The minimum order applies to the pair too: a 1,500 USDT floor with no band stops neither leg
+    # (the larger change is 2,625) ...
+    env = _env(_cfg(min_order_usd=1_500.0), perp=[100.0, 102.0, 102.0, 102.0, 102.0, 102.0])
+    env.step(np.array([1.0]))
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["turnover"] == pytest.approx(3_750.0)
+    # ... and a 3,000 USDT floor stops both.
+    env = _env(_cfg(min_order_usd=3_000.0), perp=[100.0, 102.0, 102.0, 102.0, 102.0, 102.0])
+    env.step(np.array([1.0]))
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["turnover"] == 0.0 and info["spot_qty"][0] == pytest.approx(750.0)
 
 
 def test_nan_action_holds() -> None:

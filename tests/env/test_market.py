@@ -152,3 +152,40 @@ def test_window_and_index_of() -> None:
         market.index_of("2023-12-31")
     with pytest.raises(ValueError, match="holds 0 bars"):
         market.window("2025-01-01", "2025-02-01")
+
+
+def _daily_prints(stated: float | None) -> pl.DataFrame:
+    # 15 min bars over two days; one rate per day (bars 0, 96, 192): 24 h apart.
+    funding: list[float | None] = [None] * 200
+    for i in (0, 96, 192):
+        funding[i] = 1e-4
+    frame = make_frame([100.0] * 200, funding=funding)
+    if stated is None:
+        return frame
+    return frame.with_columns(funding_interval_hours=pl.lit(stated))
+
+
+def test_a_daily_mean_of_8h_prints_is_not_one_settlement() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"funding_rate for BTC/USDT:USDT settles at 2024-01-02T00:00:00Z, 24 h after the "
+        r"previous settlement at 2024-01-01T00:00:00Z; no venue settles less often than every 8 h",
+    ):
+        MarketData.from_frame(_daily_prints(None))
+
+
+def test_settlement_spacing_must_match_the_stated_interval() -> None:
+    with pytest.raises(ValueError, match=r"24 h after .* but funding_interval_hours says 8 h"):
+        MarketData.from_frame(_daily_prints(8.0))
+    # A rate that states it covers the 24 h (the pipeline's sum of three prints in a daily bar).
+    market = MarketData.from_frame(_daily_prints(24.0))
+    assert np.flatnonzero(~np.isnan(market.funding[:, 0])).tolist() == [0, 96, 192]
+    # 8 h prints, stated as 8 h, pass; so do they with no statement.
+    funding: list[float | None] = [None] * 100
+    for i in (2, 34, 66, 98):
+        funding[i] = 1e-4
+    frame = make_frame([100.0] * 100, funding=funding)
+    MarketData.from_frame(frame)
+    MarketData.from_frame(frame.with_columns(funding_interval_hours=pl.lit(8.0)))
+    with pytest.raises(ValueError, match=r"8 h after .* but funding_interval_hours says 4 h"):
+        MarketData.from_frame(frame.with_columns(funding_interval_hours=pl.lit(4.0)))

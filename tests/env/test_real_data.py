@@ -108,3 +108,22 @@ def test_every_mechanism_on_real_data_keeps_the_identity(frame: pl.DataFrame) ->
     carry = funding / config.initial_cash / years
     assert 0.05 < carry < 0.15  # annual funding income as a share of starting equity
     assert funding > costs
+
+
+def test_rebalances_on_real_data_trade_both_legs_or_neither(frame: pl.DataFrame) -> None:
+    # Long carry at a = 1 through 21 months of 1 h bars: the band sends each leg past it at
+    # different bars when the basis moves (v0: 26 of 905 rebalances traded one leg only, leaving the
+    # book unhedged until the other leg crossed the band too). Now the pair moves as one.
+    env = CarryTradeEnv(frame, dataclasses.replace(EnvConfig(), drawdown_limit=0.0))
+    _, info = env.reset(seed=3)
+    spot, perp = info["spot_qty"][0], info["perp_qty"][0]
+    rebalances = one_leg = 0
+    while True:
+        _, _, terminated, truncated, info = env.step(np.array([1.0]))
+        moved_s, moved_p = info["spot_qty"][0] != spot, info["perp_qty"][0] != perp
+        rebalances += moved_s or moved_p
+        one_leg += moved_s != moved_p
+        spot, perp = info["spot_qty"][0], info["perp_qty"][0]
+        if terminated or truncated:
+            break
+    assert rebalances > 500 and one_leg == 0
