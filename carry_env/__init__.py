@@ -7,13 +7,14 @@ the continuous env, `carry_env/CarryTradeDiscrete-v1` for the discrete one with 
 from gymnasium.envs.registration import register
 
 from carry_env.config import EnvConfig
-from carry_env.discrete import CarryTradeDiscreteEnv
+from carry_env.discrete import CarryTradeDiscreteEnv, CarryTradeDiscreteVectorEnv
 from carry_env.env import CarryTradeEnv
 from carry_env.feeds import Executor, Fills, HistoricalFeed, MarketFeed, Orders, SimExecutor
 from carry_env.market import MarketData
 
 __all__ = [
     "CarryTradeDiscreteEnv",
+    "CarryTradeDiscreteVectorEnv",
     "CarryTradeEnv",
     "EnvConfig",
     "Executor",
