@@ -49,7 +49,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="pipeline-funding-ann-ignores-interval",
         path=CARRY,
-        old='interval = pl.col("funding_interval_hours").fill_null(cfg.default_funding_interval_hours)',
+        old='interval = pl.col("funding_interval_hours")'
+        ".fill_null(cfg.default_funding_interval_hours)",
         new="interval = pl.lit(cfg.default_funding_interval_hours)",
         tests=(T_CARRY, T_INTERVALS),
         note="f_funding_ann annualises every venue as if it settled every 8 h",
@@ -81,9 +82,11 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="pipeline-check-nan-noop",
         path=FCHECKS,
-        old='        passed=not bad,\n        description=f"non-finite values after the warm-up: {bad}"'
+        old="        passed=not bad,\n"
+        '        description=f"non-finite values after the warm-up: {bad}"'
         ' if bad else "all finite",\n        metadata={"bad_columns"',
-        new='        passed=True,\n        description=f"non-finite values after the warm-up: {bad}"'
+        new="        passed=True,\n"
+        '        description=f"non-finite values after the warm-up: {bad}"'
         ' if bad else "all finite",\n        metadata={"bad_columns"',
         tests=(T_CHECKS,),
         note="no_nan_after_warmup passes unconditionally",
@@ -99,9 +102,11 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="pipeline-check-sentiment-noop",
         path=FCHECKS,
-        old='        passed=not bad,\n        description=f"non-finite values after the warm-up: {bad}"'
+        old="        passed=not bad,\n"
+        '        description=f"non-finite values after the warm-up: {bad}"'
         ' if bad else "all finite",\n        metadata={"stale_share"',
-        new='        passed=True,\n        description=f"non-finite values after the warm-up: {bad}"'
+        new="        passed=True,\n"
+        '        description=f"non-finite values after the warm-up: {bad}"'
         ' if bad else "all finite",\n        metadata={"stale_share"',
         tests=(T_CHECKS,),
         note="sentiment_finite_after_warmup passes unconditionally",
@@ -137,6 +142,17 @@ MUTATIONS: list[Mutation] = [
         new="past = features",
         tests=(T_CHECKS,),
         note="train_features_standardised recomputes the statistics from every row",
+        equivalent="compute_normalisation_stats selects each fold's train rows itself "
+        "(normalisation.train_rows: ts < train_end), so the pre-filter changes nothing; "
+        "pipeline-check-standardised-recompute-self covers the recompute comparison",
+    ),
+    Mutation(
+        id="pipeline-check-standardised-recompute-self",
+        path=DCHECKS,
+        old="again.select(cols).to_numpy(), stats.select(cols).to_numpy()",
+        new="stats.select(cols).to_numpy(), stats.select(cols).to_numpy()",
+        tests=(T_CHECKS,),
+        note="train_features_standardised compares the statistics with themselves",
     ),
     Mutation(
         id="pipeline-check-windows-self-compare",
@@ -149,7 +165,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="pipeline-check-windows-noop",
         path=DCHECKS,
-        old='passed=not problems,\n        description="; ".join(problems)\n        or "windows match',
+        old='passed=not problems,\n        description="; ".join(problems)\n'
+        '        or "windows match',
         new='passed=True,\n        description="; ".join(problems)\n        or "windows match',
         tests=(T_CHECKS,),
         note="windows_leak_free passes unconditionally",
@@ -158,8 +175,8 @@ MUTATIONS: list[Mutation] = [
         id="pipeline-check-windows-train-end-ignored",
         path=DCHECKS,
         old='if row["segment"] == "train" and not row["last_ts"] < fold["train_end"]:',
-        new='if row["segment"] == "train" and not row["last_ts"] <= fold["test_end"]:',
+        new='if row["segment"] == "train" and not row["last_ts"] <= fold["train_end"]:',
         tests=(T_CHECKS,),
-        note="windows_leak_free lets a train array hold bars up to the test end",
+        note="windows_leak_free lets a train array hold the bar at its train end (half-open span)",
     ),
 ]
