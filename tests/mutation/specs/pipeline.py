@@ -179,4 +179,12 @@ MUTATIONS: list[Mutation] = [
         tests=(T_CHECKS,),
         note="windows_leak_free lets a train array hold the bar at its train end (half-open span)",
     ),
+    Mutation(
+        id="pipeline-sim-book-ignores-seed",
+        path="carry_pipeline/lib/exchanges/simulated.py",
+        old="[symbol], start, end, self.order_book_interval, seed=self.seed",
+        new="[symbol], start, end, self.order_book_interval, seed=0",
+        tests=("tests/pipeline/test_simulated_book_seed.py",),
+        note="the simulated order book is the same whatever the exchange's seed",
+    ),
 ]
