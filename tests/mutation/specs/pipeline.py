@@ -1,4 +1,5 @@
-"""Mutations of the feature stage: point-in-time joins, settlement intervals, blocking checks."""
+"""Mutations of the feature stage (point-in-time joins, settlement intervals, blocking checks),
+the simulated order book's seed and the env's volatility-dependent leverage limit."""
 
 from tests.mutation.spec import Mutation
 
@@ -186,5 +187,21 @@ MUTATIONS: list[Mutation] = [
         new="[symbol], start, end, self.order_book_interval, seed=0",
         tests=("tests/pipeline/test_simulated_book_seed.py",),
         note="the simulated order book is the same whatever the exchange's seed",
+    ),
+    Mutation(
+        id="env-max-leverage-rises-with-vol",
+        path="carry_env/derive.py",
+        old="maxlev = config.leverage_cap * config.target_vol_annual / vol",
+        new="maxlev = config.leverage_cap * vol / config.target_vol_annual",
+        tests=("tests/env/test_leverage_limit.py",),
+        note="the leverage limit grows with volatility instead of shrinking",
+    ),
+    Mutation(
+        id="env-max-leverage-no-floor",
+        path="carry_env/derive.py",
+        old="np.clip(maxlev, config.min_leverage, config.leverage_cap)",
+        new="np.minimum(maxlev, config.leverage_cap)",
+        tests=("tests/env/test_leverage_limit.py",),
+        note="max_leverage_t falls below min_leverage in a wild market",
     ),
 ]
