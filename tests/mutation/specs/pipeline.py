@@ -204,4 +204,20 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/env/test_leverage_limit.py",),
         note="max_leverage_t falls below min_leverage in a wild market",
     ),
+    Mutation(
+        id="pipeline-basis-sign",
+        path=CARRY,
+        old='(perp - spot).alias("f_basis")',
+        new='(spot - perp).alias("f_basis")',
+        tests=(T_CARRY + "::test_basis_hand_computed",),
+        note="the basis reads spot over perp: the carry direction flips",
+    ),
+    Mutation(
+        id="pipeline-basis-bps-scale",
+        path=CARRY,
+        old='((perp / spot - 1.0) * 1e4).alias("f_basis_bps")',
+        new='((perp / spot - 1.0) * 1e3).alias("f_basis_bps")',
+        tests=(T_CARRY + "::test_basis_hand_computed",),
+        note="the basis in bp is off by ten",
+    ),
 ]
