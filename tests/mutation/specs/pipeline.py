@@ -220,4 +220,12 @@ MUTATIONS: list[Mutation] = [
         tests=(T_CARRY + "::test_basis_hand_computed",),
         note="the basis in bp is off by ten",
     ),
+    Mutation(
+        id="env-borrow-on-bar-end-price",
+        path="carry_env/kernel.py",
+        old="borrow += -qs * s0 * cfg[C_SPOT_BORROW] * dt",
+        new="borrow += -qs * s1 * cfg[C_SPOT_BORROW] * dt",
+        tests=("tests/env/test_cash_flows.py",),
+        note="spot borrow charged on the bar's closing price instead of the price it was held at",
+    ),
 ]
