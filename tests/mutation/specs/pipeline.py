@@ -1,4 +1,5 @@
-"""Mutations of the feature stage: point-in-time joins, settlement intervals, blocking checks."""
+"""Mutations of the feature stage (point-in-time joins, settlement intervals, blocking checks),
+the simulated order book's seed and the env's volatility-dependent leverage limit."""
 
 from tests.mutation.spec import Mutation
 
@@ -49,7 +50,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="pipeline-funding-ann-ignores-interval",
         path=CARRY,
-        old='interval = pl.col("funding_interval_hours").fill_null(cfg.default_funding_interval_hours)',
+        old='interval = pl.col("funding_interval_hours")'
+        ".fill_null(cfg.default_funding_interval_hours)",
         new="interval = pl.lit(cfg.default_funding_interval_hours)",
         tests=(T_CARRY, T_INTERVALS),
         note="f_funding_ann annualises every venue as if it settled every 8 h",
@@ -81,9 +83,11 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="pipeline-check-nan-noop",
         path=FCHECKS,
-        old='        passed=not bad,\n        description=f"non-finite values after the warm-up: {bad}"'
+        old="        passed=not bad,\n"
+        '        description=f"non-finite values after the warm-up: {bad}"'
         ' if bad else "all finite",\n        metadata={"bad_columns"',
-        new='        passed=True,\n        description=f"non-finite values after the warm-up: {bad}"'
+        new="        passed=True,\n"
+        '        description=f"non-finite values after the warm-up: {bad}"'
         ' if bad else "all finite",\n        metadata={"bad_columns"',
         tests=(T_CHECKS,),
         note="no_nan_after_warmup passes unconditionally",
@@ -99,9 +103,11 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="pipeline-check-sentiment-noop",
         path=FCHECKS,
-        old='        passed=not bad,\n        description=f"non-finite values after the warm-up: {bad}"'
+        old="        passed=not bad,\n"
+        '        description=f"non-finite values after the warm-up: {bad}"'
         ' if bad else "all finite",\n        metadata={"stale_share"',
-        new='        passed=True,\n        description=f"non-finite values after the warm-up: {bad}"'
+        new="        passed=True,\n"
+        '        description=f"non-finite values after the warm-up: {bad}"'
         ' if bad else "all finite",\n        metadata={"stale_share"',
         tests=(T_CHECKS,),
         note="sentiment_finite_after_warmup passes unconditionally",
@@ -137,6 +143,17 @@ MUTATIONS: list[Mutation] = [
         new="past = features",
         tests=(T_CHECKS,),
         note="train_features_standardised recomputes the statistics from every row",
+        equivalent="compute_normalisation_stats selects each fold's train rows itself "
+        "(normalisation.train_rows: ts < train_end), so the pre-filter changes nothing; "
+        "pipeline-check-standardised-recompute-self covers the recompute comparison",
+    ),
+    Mutation(
+        id="pipeline-check-standardised-recompute-self",
+        path=DCHECKS,
+        old="again.select(cols).to_numpy(), stats.select(cols).to_numpy()",
+        new="stats.select(cols).to_numpy(), stats.select(cols).to_numpy()",
+        tests=(T_CHECKS,),
+        note="train_features_standardised compares the statistics with themselves",
     ),
     Mutation(
         id="pipeline-check-windows-self-compare",
@@ -149,7 +166,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="pipeline-check-windows-noop",
         path=DCHECKS,
-        old='passed=not problems,\n        description="; ".join(problems)\n        or "windows match',
+        old='passed=not problems,\n        description="; ".join(problems)\n'
+        '        or "windows match',
         new='passed=True,\n        description="; ".join(problems)\n        or "windows match',
         tests=(T_CHECKS,),
         note="windows_leak_free passes unconditionally",
@@ -158,8 +176,56 @@ MUTATIONS: list[Mutation] = [
         id="pipeline-check-windows-train-end-ignored",
         path=DCHECKS,
         old='if row["segment"] == "train" and not row["last_ts"] < fold["train_end"]:',
-        new='if row["segment"] == "train" and not row["last_ts"] <= fold["test_end"]:',
+        new='if row["segment"] == "train" and not row["last_ts"] <= fold["train_end"]:',
         tests=(T_CHECKS,),
-        note="windows_leak_free lets a train array hold bars up to the test end",
+        note="windows_leak_free lets a train array hold the bar at its train end (half-open span)",
+    ),
+    Mutation(
+        id="pipeline-sim-book-ignores-seed",
+        path="carry_pipeline/lib/exchanges/simulated.py",
+        old="[symbol], start, end, self.order_book_interval, seed=self.seed",
+        new="[symbol], start, end, self.order_book_interval, seed=0",
+        tests=("tests/pipeline/test_simulated_book_seed.py",),
+        note="the simulated order book is the same whatever the exchange's seed",
+    ),
+    Mutation(
+        id="env-max-leverage-rises-with-vol",
+        path="carry_env/derive.py",
+        old="maxlev = config.leverage_cap * config.target_vol_annual / vol",
+        new="maxlev = config.leverage_cap * vol / config.target_vol_annual",
+        tests=("tests/env/test_leverage_limit.py",),
+        note="the leverage limit grows with volatility instead of shrinking",
+    ),
+    Mutation(
+        id="env-max-leverage-no-floor",
+        path="carry_env/derive.py",
+        old="np.clip(maxlev, config.min_leverage, config.leverage_cap)",
+        new="np.minimum(maxlev, config.leverage_cap)",
+        tests=("tests/env/test_leverage_limit.py",),
+        note="max_leverage_t falls below min_leverage in a wild market",
+    ),
+    Mutation(
+        id="pipeline-basis-sign",
+        path=CARRY,
+        old='(perp - spot).alias("f_basis")',
+        new='(spot - perp).alias("f_basis")',
+        tests=(T_CARRY + "::test_basis_hand_computed",),
+        note="the basis reads spot over perp: the carry direction flips",
+    ),
+    Mutation(
+        id="pipeline-basis-bps-scale",
+        path=CARRY,
+        old='((perp / spot - 1.0) * 1e4).alias("f_basis_bps")',
+        new='((perp / spot - 1.0) * 1e3).alias("f_basis_bps")',
+        tests=(T_CARRY + "::test_basis_hand_computed",),
+        note="the basis in bp is off by ten",
+    ),
+    Mutation(
+        id="env-borrow-on-bar-end-price",
+        path="carry_env/kernel.py",
+        old="borrow += -qs * s0 * cfg[C_SPOT_BORROW] * dt",
+        new="borrow += -qs * s1 * cfg[C_SPOT_BORROW] * dt",
+        tests=("tests/env/test_cash_flows.py",),
+        note="spot borrow charged on the bar's closing price instead of the price it was held at",
     ),
 ]

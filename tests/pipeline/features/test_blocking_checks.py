@@ -136,6 +136,16 @@ def test_standardised_check_fails_on_tampered_stats(pipeline_out: dict) -> None:
     result = train_features_standardised(normalisation_stats=moved, **ins)
     assert not result.passed
     assert (result.description or "").startswith("fold 1: max |mean| 1.00e+00, max |std - 1|")
+    # The robust statistics are not used by the z-score, but the recomputation tells them apart.
+    robust = stats.with_columns(
+        pl.when((pl.col("fold") == 1) & (pl.col("feature") == live))
+        .then(pl.col("iqr_std") * 2.0)
+        .otherwise(pl.col("iqr_std"))
+        .alias("iqr_std")
+    )
+    result = train_features_standardised(normalisation_stats=robust, **ins)
+    assert not result.passed
+    assert result.description == "fold 1: statistics depend on rows after its train end"
 
 
 @pytest.fixture(scope="module")

@@ -62,13 +62,15 @@ def test_basis_hand_computed(bars: pl.DataFrame, features: pl.DataFrame) -> None
     spot, perp = row["spot_close"], row["perp_close"]
     assert feat["f_basis"][0] == pytest.approx(perp - spot, rel=1e-12)
     assert feat["f_basis_bps"][0] == pytest.approx((perp - spot) / spot * 1e4, rel=1e-9)
-    # Two hand-made rows: perp 100.5 over spot 100 is 0.5 USDT and 50 bp.
-    hand = pl.DataFrame({"spot_close": [100.0], "perp_close": [100.5]})
-    got = hand.select(
-        (pl.col("perp_close") - pl.col("spot_close")).alias("abs"),
-        ((pl.col("perp_close") / pl.col("spot_close") - 1) * 1e4).alias("bps"),
-    ).row(0)
-    assert got == pytest.approx((0.5, 50.0))
+    # A hand-made bar through the code under test: perp 100.5 over spot 100 is 0.5 USDT and 50 bp.
+    hand = bars.with_columns(
+        pl.when(pl.int_range(pl.len()) == 500).then(pl.lit(value)).otherwise(pl.col(col)).alias(col)
+        for col, value in (("spot_close", 100.0), ("perp_close", 100.5))
+    )
+    got = build_carry_features(hand).filter(
+        (pl.col("ts") == row["ts"]) & (pl.col("symbol") == row["symbol"])
+    )
+    assert (got["f_basis"][0], got["f_basis_bps"][0]) == pytest.approx((0.5, 50.0), rel=1e-12)
 
 
 def test_basis_zscore_over_one_day(bars: pl.DataFrame, features: pl.DataFrame) -> None:
