@@ -18,6 +18,10 @@ spot and perp gaps `g_s`, `g_p` drawn at the start (`A_FL_S`, `A_FL_P`). Liquidi
 moment: with `m = min(max(|ls|, |lb|), 1)`, depth is `data * (1 - flash_depth_thinning * m)` and
 the spread `data * (1 + (flash_spread_mult - 1) * m) + flash_spread_basis * |basis gap| in bp`, so
 crossing the book mid-event costs about as much as the dislocation it would trade.
+
+The kernel inlines these functions, and numba's on-disk cache only tracks the file of the function
+it compiles: after editing this module, delete `carry_env/__pycache__/*.nbi` and `*.nbc` (or set
+`NUMBA_CACHE_DIR` to a fresh folder) so the kernel recompiles.
 """
 
 from __future__ import annotations
