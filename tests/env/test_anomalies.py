@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
@@ -196,7 +197,11 @@ def _stale_policy(obs: np.ndarray, holding: float) -> float:
     return 1.0 if obs[STALE] == 1.0 else 0.0
 
 
-def _run_policy(config: EnvConfig, policy, seed: int) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
+Policy = Callable[[np.ndarray, float], float]
+"""(observation, weight held) -> weight to hold next."""
+
+
+def _run_policy(config: EnvConfig, policy: Policy, seed: int) -> tuple[float, float, int]:
     # (price P&L, execution costs, trades) of a policy on a random-walk market, funding off.
     market = MarketData.from_frame(random_frame(seed=100 + seed, n_bars=2000, symbols=("BTC",)))
     env = CarryTradeEnv(market, dataclasses.replace(config, funding=False, borrow=False))
@@ -218,7 +223,7 @@ def _run_policy(config: EnvConfig, policy, seed: int) -> tuple[float, float, int
 
 
 @pytest.mark.parametrize("policy", [_basis_policy, _score_policy, _stale_policy])
-def test_trading_the_anomaly_signals_earns_no_more_than_its_costs(policy) -> None:  # type: ignore[no-untyped-def]
+def test_trading_the_anomaly_signals_earns_no_more_than_its_costs(policy: Policy) -> None:
     cfg = dataclasses.replace(FLASH_ONLY, feed_outage_per_day=1.0)
     runs = [_run_policy(cfg, policy, seed) for seed in range(20)]
     pnl = np.mean([r[0] for r in runs])
