@@ -63,8 +63,15 @@ C_SPIKE_BPS = 46
 C_BAR_YEARS = 47
 C_BAR_DAYS = 48
 C_INITIAL_CASH = 49
-C_VOL_BARS = 50
-N_CONFIG = 51
+C_FLASH_DEEPEN_MAX = 50
+C_FLASH_WIDEN_MAX = 51
+C_FLASH_RECOVERY_MIN = 52
+C_FLASH_RECOVERY_MAX = 53
+C_FLASH_RESID_DECAY = 54
+C_FLASH_SPREAD_MULT = 55
+C_FLASH_SPREAD_BASIS = 56
+C_VOL_BARS = 57
+N_CONFIG = 58
 
 
 @dataclass(frozen=True)
@@ -209,19 +216,20 @@ class EnvConfig:
     anomalies: bool = True
     """Inject flash crashes, exchange halts, funding spikes and feed outages."""
     flash_crash_per_day: float = 0.01
-    """Expected flash events per day (both legs gap, basis blows out, depth thins, then they
-    recover).
-    """
+    """Expected flash events per day. Each follows a random path (`carry_env.anomalies`): both legs
+    gap deeper over a few bars, the basis blows out and may keep widening, depth thins and the
+    spread widens, then prices recover partly, fully or past their start."""
     flash_size: float = 0.1
-    """Typical spot gap of a flash event (drawn in [0.5, 1.5] x this); 70 % are crashes, 30 %
-    squeezes.
+    """Typical spot gap at a flash event's trough (drawn in [0.5, 1.5] x this); 70 % are crashes,
+    30 % squeezes.
     """
     flash_basis_overshoot: float = 0.3
     """The perp leg gaps by up to this fraction more than spot: the basis blow-out."""
     flash_halflife_bars: float = 4.0
-    """Half-life of the recovery of prices and depth after a flash event."""
-    flash_depth_thinning: float = 0.9
-    """Fraction of depth gone at the flash event's trough."""
+    """Half-life of the recovering part of prices and depth after a flash event's trough."""
+    flash_depth_thinning: float = 0.97
+    """Fraction of depth gone at the flash event's trough (v1: 0.97, books nearly empty; v0:
+    0.9)."""
     halt_per_day: float = 0.005
     """Expected exchange halts per day: no fills, no liquidations, the status bit set."""
     halt_bars: int = 8
@@ -237,6 +245,26 @@ class EnvConfig:
     spike of either sign, half the data's rate with its sign flipped."""
     funding_spike_bps: float = 30.0
     """Typical spike magnitude (drawn in [0.5, 1] x this)."""
+    flash_deepen_bars_max: int = 6
+    """A flash event deepens for D bars, D drawn in 1..this, before its trough (v0: always 1, the
+    trough on the first bar, which made the reversion certain and visible)."""
+    flash_basis_widen_bars_max: int = 4
+    """The basis keeps widening W bars after the spot trough, W drawn in 0..this, so entering on the
+    first blow-out can meet a wider one."""
+    flash_recovery_min: float = 0.5
+    """Smallest share of the trough that recovers with `flash_halflife_bars` (drawn per event in
+    [min, max], separately for the spot level and the basis)."""
+    flash_recovery_max: float = 1.3
+    """Largest recovered share: above 1 the price (or the basis) overshoots past its start."""
+    flash_residual_halflife_bars: float = 48.0
+    """Half-life of the unrecovered residual (or the overshoot) after the trough; the event ends
+    when both the spot and basis levels are below 0.1 % of the trough."""
+    flash_spread_mult: float = 30.0
+    """Spread at a flash event's trough as a multiple of the data's spread (scaled with the depth of
+    the moment), for the simulated fills and the observation's `spread_bps`."""
+    flash_spread_basis: float = 1.0
+    """Extra spread during an event per bp of basis gap: at 1 the spread is at least the basis
+    dislocation, so crossing both legs to trade it costs about what its reversion can pay."""
 
     # ---- observation ----
     expert_context_dim: int = 0
@@ -257,6 +285,9 @@ class EnvConfig:
             "volatility_halflife_hours",
             "volatility_horizon_hours",
             "flash_halflife_bars",
+            "flash_residual_halflife_bars",
+            "flash_deepen_bars_max",
+            "flash_spread_mult",
             "reward_scale",
         )
         for name in positive:
@@ -286,6 +317,9 @@ class EnvConfig:
             "feed_outage_bars",
             "flash_size",
             "flash_basis_overshoot",
+            "flash_basis_widen_bars_max",
+            "flash_recovery_min",
+            "flash_spread_basis",
             "expert_context_dim",
         ]
         for name in non_negative:
@@ -294,6 +328,11 @@ class EnvConfig:
         if self.min_leverage > self.leverage_cap:
             problems.append(
                 f"min_leverage={self.min_leverage} exceeds leverage_cap={self.leverage_cap}"
+            )
+        if self.flash_recovery_max < self.flash_recovery_min:
+            problems.append(
+                f"flash_recovery_max={self.flash_recovery_max} is below "
+                f"flash_recovery_min={self.flash_recovery_min}"
             )
         if self.margin_mode not in ("isolated", "unified"):
             problems.append(f"margin_mode={self.margin_mode!r} must be 'isolated' or 'unified'")
@@ -371,4 +410,11 @@ class EnvConfig:
         v[C_BAR_YEARS] = bar_seconds / (365.0 * 86_400.0)
         v[C_BAR_DAYS] = bar_days
         v[C_INITIAL_CASH] = self.initial_cash
+        v[C_FLASH_DEEPEN_MAX] = float(self.flash_deepen_bars_max)
+        v[C_FLASH_WIDEN_MAX] = float(self.flash_basis_widen_bars_max)
+        v[C_FLASH_RECOVERY_MIN] = self.flash_recovery_min
+        v[C_FLASH_RECOVERY_MAX] = self.flash_recovery_max
+        v[C_FLASH_RESID_DECAY] = 0.5 ** (1.0 / self.flash_residual_halflife_bars)
+        v[C_FLASH_SPREAD_MULT] = self.flash_spread_mult
+        v[C_FLASH_SPREAD_BASIS] = self.flash_spread_basis
         return v

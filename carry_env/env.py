@@ -57,7 +57,7 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     | 4 | spot_ret_4h_pct | 4 h log return of spot, percent |
     | 5 | realised_vol | annualised realised volatility of spot (`vol_window_hours`) |
     | 6 | log10_depth_musd | log10 of the thinner leg's depth in millions of USDT |
-    | 7 | spread_bps | quoted spread, bp |
+    | 7 | spread_bps | quoted spread, bp (widened during a flash event, as the fills pay it) |
     | 8 | funding_bp | last settled funding rate, bp |
     | 9 | funding_sma3_bp | mean of the last three settled rates, bp |
     | 10 | funding_countdown_8h | hours to the next settlement / 8 |
@@ -101,6 +101,20 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Episode End
     `terminated` on liquidation (a margin ratio below 1), bankruptcy (equity <= 0) or drawdown above
     `drawdown_limit`; `truncated` at the end of the data or after `episode_length` bars.
+
+    ## Anomalies
+    Seeded from `np_random` through a stateless counter-based RNG (episode key, bar, stream), so
+    every path is reproducible and the same in the single and batched envs. Flash events
+    (`carry_env.anomalies`) deepen over 1..`flash_deepen_bars_max` bars to their trough, the basis
+    may keep widening `flash_basis_widen_bars_max` bars longer, and the recovery is partial or
+    overshoots (`flash_recovery_min`..`flash_recovery_max`, the rest fading with
+    `flash_residual_halflife_bars`); while one runs, depth thins by up to `flash_depth_thinning`
+    and the spread widens to `flash_spread_mult` times the data's plus the basis gap, in the fills
+    and in the observation alike, so trading the dislocation costs about what it can pay. Halts
+    block fills and liquidations. Feed outages freeze each market block (stale bit set) and show
+    the exposure and P&L entries (`spot_exposure`, `perp_exposure`, `net_delta`, `equity_growth`,
+    `unrealised_pnl`, `gross_leverage`) at the last prices seen; `info` and the books keep marking
+    at the true prices. Funding anomalies spike or flip a settlement's print.
 
     ## Arguments
     `CarryTradeEnv(market, config=EnvConfig(), *, feed=None, executor=None, render_mode=None)`:

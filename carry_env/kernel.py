@@ -30,6 +30,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
+from carry_env import anomalies as an
 from carry_env.config import (
     C_ALLOW_REVERSE,
     C_ANOMALIES,
@@ -40,10 +41,6 @@ from carry_env.config import (
     C_DD_PENALTY,
     C_DD_THRESHOLD,
     C_FEES,
-    C_FLASH_BASIS,
-    C_FLASH_DECAY,
-    C_FLASH_DEPTH,
-    C_FLASH_SIZE,
     C_FUNDING,
     C_HALT_STEPS,
     C_INITIAL_CASH,
@@ -135,11 +132,17 @@ F_CASH = 0
 F_EQUITY = 1
 F_PEAK = 2
 F_RET_VAR = 3  # exponentially weighted sum of squared horizon returns
-F_FLASH_LEVEL = 4  # decay^age of the running flash event; 0 when none
+F_FLASH_LEVEL = 4  # spot level of the running flash event (1 at its trough); 0 when none
 F_MARGIN_RATIO = 5
-F_VOL_ANCHOR = 6  # equity at the last volatility-horizon boundary
-F_VOL_W = 7  # exponentially weighted count of horizon returns (bias correction of F_RET_VAR)
-N_FS = 8
+F_FLASH_ON = 6  # 1.0 while a flash event runs
+F_FL_BLEVEL = 7  # basis level of the running flash event
+F_FL_DEEPEN = 8  # parameters drawn at its start: bars to the spot trough, to the basis trough,
+F_FL_WIDEN = 9
+F_FL_RESID_S = 10  # and the unrecovered residuals of spot and basis (carry_env.anomalies)
+F_FL_RESID_B = 11
+F_VOL_ANCHOR = 12  # equity at the last volatility-horizon boundary
+F_VOL_W = 13  # exponentially weighted count of horizon returns (bias correction of F_RET_VAR)
+N_FS = 14
 
 # ---- per-env, per-asset float state as_[B, N, A_*] ----
 A_SPOT = 0
@@ -162,7 +165,9 @@ A_IMPACT = 16
 A_PX_S = 17  # effective prices at the start of the step (after trading, before the clock moves)
 A_PX_P = 18
 A_MR = 19  # isolated margin ratio of the perp leg (inf when flat; unified: the account's ratio)
-N_AS = 20
+A_SEEN_S = 20  # last prices the observation saw (they stand in for the marks during an outage)
+A_SEEN_P = 21
+N_AS = 22
 
 # ---- per-env int state is_[B, I_*] ----
 I_T = 0
@@ -359,36 +364,29 @@ def _avg_entry(q: float, avg: float, dq: float, px: float) -> float:
 
 
 @_jit(inline="always")
-def _shock(level: float, mag: float) -> float:
-    return 1.0 + mag * level
-
-
-@_jit(inline="always")
-def _lagged_level(level: float, age: int, lag: int, decay: float) -> float:
-    # Flash level `lag` bars ago: 0 before the event started.
-    if level <= 0.0 or age < lag:
-        return 0.0
-    return level / decay**lag
-
-
-@_jit(inline="always")
 def effective_prices(
     b: int, i: int, t: int, mkt: np.ndarray, fs: np.ndarray, as_: np.ndarray, cfg: np.ndarray
 ) -> tuple[float, float, float, float]:
     """(spot, perp, spot depth, perp depth) of asset i at bar t as env b sees them, flash events
     included."""
-    level = fs[b, F_FLASH_LEVEL]
     s = mkt[t, i, M_SPOT]
     p = mkt[t, i, M_PERP]
     sd = mkt[t, i, M_SDEPTH]
     pd = mkt[t, i, M_PDEPTH]
-    if level > 0.0:
-        s *= _shock(level, as_[b, i, A_FL_S])
-        p *= _shock(level, as_[b, i, A_FL_P])
-        thin = 1.0 - cfg[C_FLASH_DEPTH] * level
-        sd *= thin
-        pd *= thin
+    if fs[b, F_FLASH_ON] > 0.0:
+        return an.flash_prices(b, i, s, p, sd, pd, cfg, fs, as_)
     return s, p, sd, pd
+
+
+@_jit(inline="always")
+def effective_spread(
+    b: int, i: int, t: int, mkt: np.ndarray, fs: np.ndarray, as_: np.ndarray, cfg: np.ndarray
+) -> float:
+    """Quoted spread (bp) of asset i at bar t as env b sees it, widened during a flash event."""
+    spread = mkt[t, i, M_SPREAD]
+    if fs[b, F_FLASH_ON] > 0.0:
+        return an.flash_spread(b, i, spread, cfg, fs, as_)
+    return spread
 
 
 @_jit(inline="always")
@@ -548,7 +546,7 @@ def sim_fill_env(
     t = is_[b, I_T]
     for i in range(as_.shape[1]):
         s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
-        spread = mkt[t, i, M_SPREAD]
+        spread = effective_spread(b, i, t, mkt, fs, as_, cfg)
         dq_s = as_[b, i, A_DQ_S]
         dq_p = as_[b, i, A_DQ_P]
         f1, c1, m1 = leg_costs(abs(dq_s) * s, sd, spread, cfg[C_SPOT_MAKER], cfg[C_SPOT_TAKER], cfg)
@@ -615,12 +613,7 @@ def _advance_anomalies(
         is_[b, I_HALT] -= 1
     if is_[b, I_OUTAGE] > 0:
         is_[b, I_OUTAGE] -= 1
-    if fs[b, F_FLASH_LEVEL] > 0.0:
-        is_[b, I_FLASH_AGE] += 1
-        fs[b, F_FLASH_LEVEL] *= cfg[C_FLASH_DECAY]
-        if fs[b, F_FLASH_LEVEL] < 1e-3:
-            fs[b, F_FLASH_LEVEL] = 0.0
-            is_[b, I_FLASH_AGE] = 0
+    an.age_flash(b, cfg, fs, is_)
     if cfg[C_ANOMALIES] == 0.0:
         return
     key = is_[b, I_KEY]
@@ -628,16 +621,9 @@ def _advance_anomalies(
         is_[b, I_HALT] = int(cfg[C_HALT_STEPS])
     if is_[b, I_OUTAGE] == 0 and uniform(key, t1, 1) < cfg[C_P_OUTAGE]:
         is_[b, I_OUTAGE] = int(cfg[C_OUTAGE_STEPS])
-    if fs[b, F_FLASH_LEVEL] == 0.0 and uniform(key, t1, 2) < cfg[C_P_FLASH]:
-        fs[b, F_FLASH_LEVEL] = 1.0
+    if fs[b, F_FLASH_ON] == 0.0 and uniform(key, t1, 2) < cfg[C_P_FLASH]:
         is_[b, I_FLASH_AGE] = 0
-        direction = -1.0 if uniform(key, t1, 3) < 0.7 else 1.0
-        for i in range(as_.shape[1]):
-            size = cfg[C_FLASH_SIZE] * (0.5 + uniform(key, t1, _S_FLASH + 2 * i))
-            overshoot = 1.0 + cfg[C_FLASH_BASIS] * uniform(key, t1, _S_FLASH + 2 * i + 1)
-            gap_s = direction * min(size, 0.9)
-            as_[b, i, A_FL_S] = gap_s
-            as_[b, i, A_FL_P] = direction * min(size * overshoot, 0.95)
+        an.start_flash(b, t1, key, cfg, fs, as_)
 
 
 @_jit(inline="always")
@@ -859,7 +845,7 @@ def apply_env(
     info[b, K_MARGIN_RATIO] = fs[b, F_MARGIN_RATIO]
     info[b, K_DRAWDOWN] = dd
     flags[b, G_STALE] = is_[b, I_OUTAGE] > 0
-    flags[b, G_FLASH] = fs[b, F_FLASH_LEVEL] > 0.0
+    flags[b, G_FLASH] = fs[b, F_FLASH_ON] > 0.0
     flags[b, G_SPIKE] = spike
     info[b, K_R_CARRY] = r_carry * cfg[C_REWARD_SCALE]
     info[b, K_R_BASIS] = r_basis * cfg[C_REWARD_SCALE]
@@ -894,22 +880,32 @@ def write_obs(
     `as_[b, :, A_MR]` holds the per-asset margin ratios at this bar (from `_margin_ratios`).
 
     During a feed outage the market block of each asset keeps its last values (only its stale bit is
-    set), unless `force_market` (a reset) asks for fresh values.
+    set), unless `force_market` (a reset) asks for fresh values, and the exposure and P&L entries
+    (exposures, unrealised P&L, gross leverage, equity P&L) use the last prices the observation saw
+    (`A_SEEN_*`); the books and `info` still mark at the true prices.
     """
     t = is_[b, I_T]
     n = as_.shape[1]
     nf = feats.shape[2]
     per_asset = OBS_ASSET_MARKET + OBS_ASSET_PORTFOLIO + nf
     equity = fs[b, F_EQUITY]
-    e = max(equity, 1e-6 * cfg[C_INITIAL_CASH])
     outage = is_[b, I_OUTAGE] > 0 and not force_market
-    level = fs[b, F_FLASH_LEVEL]
-    decay = cfg[C_FLASH_DECAY]
+    flash = fs[b, F_FLASH_ON] > 0.0
     age = is_[b, I_FLASH_AGE]
     lag1 = int(mkt[0, 0, M_LAG1H])
     lag4 = int(mkt[0, 0, M_LAG4H])
+    seen_equity = equity
+    if outage:  # the equity the agent can compute from the prices it last saw
+        for i in range(n):
+            s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+            seen_equity -= as_[b, i, A_SPOT] * (s - as_[b, i, A_SEEN_S])
+            seen_equity -= as_[b, i, A_PERP] * (p - as_[b, i, A_SEEN_P])
+    e = max(equity, 1e-6 * cfg[C_INITIAL_CASH])
+    e_seen = max(seen_equity, 1e-6 * cfg[C_INITIAL_CASH])
     gross = 0.0
     upnl = 0.0
+    gross_seen = 0.0
+    upnl_seen = 0.0
     maxlev = np.inf
     for i in range(n):
         o = i * per_asset
@@ -918,19 +914,24 @@ def write_obs(
         qs = as_[b, i, A_SPOT]
         qp = as_[b, i, A_PERP]
         if not outage:
+            as_[b, i, A_SEEN_S] = s
+            as_[b, i, A_SEEN_P] = p
             ls = 0.0
             lp = 0.0
             ls1 = 0.0
             ls4 = 0.0
             ls_prev = 0.0
             log_depth = mkt[t, i, M_LOG_DEPTH]
-            if level > 0.0:  # a flash event shifts price levels, returns and depth
-                ls = math.log(_shock(level, as_[b, i, A_FL_S]))
-                lp = math.log(_shock(level, as_[b, i, A_FL_P]))
-                ls1 = math.log(_shock(_lagged_level(level, age, lag1, decay), as_[b, i, A_FL_S]))
-                ls4 = math.log(_shock(_lagged_level(level, age, lag4, decay), as_[b, i, A_FL_S]))
-                ls_prev = math.log(_shock(_lagged_level(level, age, 1, decay), as_[b, i, A_FL_S]))
-                log_depth += math.log10(max(1.0 - cfg[C_FLASH_DEPTH] * level, 1e-12))
+            spread = mkt[t, i, M_SPREAD]
+            if flash:  # a flash event shifts price levels, returns, depth and the spread
+                ls = math.log(s / mkt[t, i, M_SPOT])
+                lp = math.log(p / mkt[t, i, M_PERP])
+                gs = as_[b, i, A_FL_S]
+                ls1 = math.log(1.0 + gs * an.lagged_spot_level(b, age, lag1, cfg, fs))
+                ls4 = math.log(1.0 + gs * an.lagged_spot_level(b, age, lag4, cfg, fs))
+                ls_prev = math.log(1.0 + gs * an.lagged_spot_level(b, age, 1, cfg, fs))
+                log_depth += math.log10(max(sd / mkt[t, i, M_SDEPTH], 1e-12))
+                spread = an.flash_spread(b, i, spread, cfg, fs, as_)
             ret1 = mkt[t, i, M_RET1] + ls - ls_prev
             z = abs(ret1) / max(mkt[t, i, M_BARVOL], 1e-12)
             obs[b, o + 0] = (mkt[t, i, M_SPOT_SMA] + ls) * 100.0
@@ -940,7 +941,7 @@ def write_obs(
             obs[b, o + 4] = (mkt[t, i, M_RET4H] + ls - ls4) * 100.0
             obs[b, o + 5] = mkt[t, i, M_VOL]
             obs[b, o + 6] = log_depth
-            obs[b, o + 7] = mkt[t, i, M_SPREAD]
+            obs[b, o + 7] = spread
             obs[b, o + 8] = as_[b, i, A_R1] * 1e4
             obs[b, o + 9] = (as_[b, i, A_R1] + as_[b, i, A_R2] + as_[b, i, A_R3]) * (1e4 / 3.0)
             obs[b, o + 10] = mkt[t, i, M_HRS_TO_FUND] / 8.0
@@ -950,26 +951,31 @@ def write_obs(
             obs[b, o + 14] = min(z, 50.0) / 10.0
         else:
             obs[b, o + 13] = 1.0
-        obs[b, o + 15] = _bounded(qs * s / e)
-        obs[b, o + 16] = _bounded(qp * p / e)
-        obs[b, o + 17] = _bounded((qs * s + qp * p) / e)
+        vs = as_[b, i, A_SEEN_S]
+        vp = as_[b, i, A_SEEN_P]
+        obs[b, o + 15] = _bounded(qs * vs / e_seen)
+        obs[b, o + 16] = _bounded(qp * vp / e_seen)
+        obs[b, o + 17] = _bounded((qs * vs + qp * vp) / e_seen)
         obs[b, o + 18] = margin_buffer(as_[b, i, A_MR])
         for k in range(nf):
             obs[b, o + OBS_ASSET_MARKET + OBS_ASSET_PORTFOLIO + k] = _bounded(feats[t, i, k])
         gross += abs(qs * s) + abs(qp * p)
+        gross_seen += abs(qs * vs) + abs(qp * vp)
         if qs != 0.0:
             upnl += qs * (s - as_[b, i, A_SPOT_AVG])
+            upnl_seen += qs * (vs - as_[b, i, A_SPOT_AVG])
         if qp != 0.0:
             upnl += qp * (p - as_[b, i, A_PERP_AVG])
+            upnl_seen += qp * (vp - as_[b, i, A_PERP_AVG])
     g = n * per_asset
     mr = fs[b, F_MARGIN_RATIO]
     dd = 1.0 - equity / fs[b, F_PEAK] if fs[b, F_PEAK] > 0.0 else 1.0
     obs[b, g + 0] = _bounded(fs[b, F_CASH] / e)
-    obs[b, g + 1] = _bounded(equity / cfg[C_INITIAL_CASH] - 1.0)
-    obs[b, g + 2] = _bounded(upnl / e)
+    obs[b, g + 1] = _bounded(seen_equity / cfg[C_INITIAL_CASH] - 1.0)
+    obs[b, g + 2] = _bounded(upnl_seen / e_seen)
     obs[b, g + 3] = dd
     obs[b, g + 4] = margin_buffer(mr)
-    obs[b, g + 5] = _bounded(gross / e)
+    obs[b, g + 5] = _bounded(gross_seen / e_seen)
     obs[b, g + 6] = tfeat[t, 0]
     obs[b, g + 7] = tfeat[t, 1]
     obs[b, g + 8] = tfeat[t, 2]
@@ -1137,7 +1143,7 @@ def quotes_batch(
             out[b, i, 1] = p
             out[b, i, 2] = sd
             out[b, i, 3] = pd
-            out[b, i, 4] = mkt[t, i, M_SPREAD]
+            out[b, i, 4] = effective_spread(b, i, t, mkt, fs, as_, cfg)
 
 
 @_jit()
