@@ -63,7 +63,8 @@ C_SPIKE_BPS = 46
 C_BAR_YEARS = 47
 C_BAR_DAYS = 48
 C_INITIAL_CASH = 49
-N_CONFIG = 50
+C_LIQ_ENDS = 50
+N_CONFIG = 51
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,11 @@ class EnvConfig:
     """Liquidation (clearance) fee as a fraction of liquidated perp notional."""
     liquidation_penalty: float = 0.1
     """Extra reward penalty on liquidation, as a fraction of equity (before `reward_scale`)."""
+    liquidation_ends_episode: bool = True
+    """End the episode on a liquidation (the default, so agents learn to avoid it). False keeps the
+    episode going with what is left: in isolated mode the other legs stay open (the spot leg of a
+    liquidated perp now unhedged); in unified mode the account has been closed as a whole. The
+    penalty is charged either way; bankruptcy (equity <= 0) always ends the episode."""
 
     # ---- episode end ----
     drawdown_limit: float = 0.5
@@ -355,4 +361,5 @@ class EnvConfig:
         v[C_BAR_YEARS] = bar_seconds / (365.0 * 86_400.0)
         v[C_BAR_DAYS] = bar_days
         v[C_INITIAL_CASH] = self.initial_cash
+        v[C_LIQ_ENDS] = float(self.liquidation_ends_episode)
         return v
