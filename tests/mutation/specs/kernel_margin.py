@@ -48,4 +48,12 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/env/test_kernel.py::test_no_liquidation_while_halted",),
         note="Liquidations allowed during an exchange halt.",
     ),
+    Mutation(
+        id="margin-isolated-liquidates-everything",
+        path=_KERNEL,
+        old="        if as_[b, i, A_PERP] != 0.0 and as_[b, i, A_MR] < 1.0:\n",
+        new="        if as_[b, i, A_PERP] != 0.0:\n",
+        tests=_TESTS,
+        note="Isolated margin closes every perp when one fails (no isolation).",
+    ),
 ]
