@@ -71,7 +71,8 @@ C_FLASH_RESID_DECAY = 54
 C_FLASH_SPREAD_MULT = 55
 C_FLASH_SPREAD_BASIS = 56
 C_VOL_BARS = 57
-N_CONFIG = 58
+C_LIQ_ENDS = 58
+N_CONFIG = 59
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,11 @@ class EnvConfig:
     """Liquidation (clearance) fee as a fraction of liquidated perp notional."""
     liquidation_penalty: float = 0.1
     """Extra reward penalty on liquidation, as a fraction of equity (before `reward_scale`)."""
+    liquidation_ends_episode: bool = True
+    """End the episode on a liquidation (the default, so agents learn to avoid it). False keeps the
+    episode going with what is left: in isolated mode the other legs stay open (the spot leg of a
+    liquidated perp now unhedged); in unified mode the account has been closed as a whole. The
+    penalty is charged either way; bankruptcy (equity <= 0) always ends the episode."""
 
     # ---- episode end ----
     drawdown_limit: float = 0.5
@@ -417,4 +423,5 @@ class EnvConfig:
         v[C_FLASH_RESID_DECAY] = 0.5 ** (1.0 / self.flash_residual_halflife_bars)
         v[C_FLASH_SPREAD_MULT] = self.flash_spread_mult
         v[C_FLASH_SPREAD_BASIS] = self.flash_spread_basis
+        v[C_LIQ_ENDS] = float(self.liquidation_ends_episode)
         return v

@@ -14,7 +14,8 @@ split path (an injected executor between planning and applying) run the same cod
 Accounting (all in quote currency): `equity = cash + sum(spot_qty * spot_price) + sum(collateral)`.
 Perp variation margin and funding are booked to the isolated collateral (unified mode: to cash), so
 every step `equity[t+1] - equity[t] == funding + price_pnl - fees - slippage - borrow -
-liquidation_loss` holds exactly.
+liquidation_loss + insurance_fund` holds exactly (`insurance_fund` >= 0: the part of a gap through
+the bankruptcy price that the venue's insurance fund absorbs).
 
 State and outputs are arrays indexed by the constants below; the `CarryTradeEnv` docstring documents
 them.
@@ -45,6 +46,7 @@ from carry_env.config import (
     C_HALT_STEPS,
     C_INITIAL_CASH,
     C_LEVERAGE_CAP,
+    C_LIQ_ENDS,
     C_LIQ_FEE,
     C_LIQ_HAIRCUT,
     C_LIQ_PENALTY,
@@ -201,7 +203,10 @@ K_R_BASIS = 16
 K_R_COSTS = 17
 K_R_RISK = 18
 K_MAX_LEVERAGE = 19
-N_INFO = 20
+K_INSURANCE = (
+    20  # loss beyond the liquidated collateral (or, unified, the equity), paid by the venue
+)
+N_INFO = 21
 INFO_NAMES = (
     "equity",
     "cash",
@@ -223,6 +228,7 @@ INFO_NAMES = (
     "reward_costs",
     "risk_penalty",
     "max_leverage",
+    "insurance_fund",
 )
 
 # ---- flags[B, G_*] (bool; a separate contiguous array, so batched infos copy it in one piece) ----
@@ -672,40 +678,88 @@ def _margin_ratios(
 
 
 @_jit(inline="always")
-def _liquidate(
+def _absorb(before: float, cost: float) -> tuple[float, float, float]:
+    # A margin account worth `before` is closed at `cost`: returns (what is left, the liquidation
+    # loss the trader bears, the insurance fund's share). The loss is never negative and never more
+    # than the account held; a negative account (a gap through the bankruptcy price) is made good by
+    # the insurance fund, so what is left is never below zero.
+    rest = before - cost
+    if rest >= 0.0:
+        return rest, cost, 0.0
+    return 0.0, max(before, 0.0), max(-before, 0.0)
+
+
+@_jit(inline="always")
+def _close_spot(
     b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
 ) -> float:
-    # Close every leg at a haircut; liquidated perps also pay the liquidation fee. In isolated mode
-    # a perp's loss stops at its collateral (the insurance fund takes the rest). Returns the
-    # liquidation loss.
+    # Sell (or buy back) every spot leg at the liquidation haircut into cash; returns the haircut.
     h = cfg[C_LIQ_HAIRCUT]
-    isolated = cfg[C_UNIFIED] == 0.0
-    loss = 0.0
+    cost = 0.0
     for i in range(as_.shape[1]):
         s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
         q = as_[b, i, A_SPOT]
-        cost_s = abs(q) * s * h
-        fs[b, F_CASH] += q * s - cost_s
-        notional = abs(as_[b, i, A_PERP]) * p
-        cost_p = notional * h
-        if as_[b, i, A_MR] < 1.0:
-            cost_p += notional * cfg[C_LIQ_FEE]
-        absorbed = 0.0
-        if isolated:
-            rest = as_[b, i, A_COLL] - cost_p
-            if rest < 0.0:
-                absorbed = -rest
-                rest = 0.0
-            fs[b, F_CASH] += rest
-        else:
-            fs[b, F_CASH] += as_[b, i, A_COLL] - cost_p
-        loss += cost_s + cost_p - absorbed
+        fs[b, F_CASH] += q * s
+        cost += abs(q) * s * h
         as_[b, i, A_SPOT] = 0.0
-        as_[b, i, A_PERP] = 0.0
-        as_[b, i, A_COLL] = 0.0
         as_[b, i, A_SPOT_AVG] = 0.0
-        as_[b, i, A_PERP_AVG] = 0.0
-    return loss
+    return cost
+
+
+@_jit(inline="always")
+def _close_perp(b: int, i: int, p: float, cfg: np.ndarray, as_: np.ndarray) -> float:
+    # Close asset i's perp at the haircut plus the liquidation fee; returns that cost.
+    cost = abs(as_[b, i, A_PERP]) * p * (cfg[C_LIQ_HAIRCUT] + cfg[C_LIQ_FEE])
+    as_[b, i, A_PERP] = 0.0
+    as_[b, i, A_PERP_AVG] = 0.0
+    return cost
+
+
+@_jit(inline="always")
+def _liquidate(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> tuple[float, float]:
+    # Returns (liquidation loss, insurance fund). Unified: the whole account is closed, every perp
+    # paying the liquidation fee, and its equity floored at zero. Isolated: only each perp whose own
+    # ratio is below 1 is closed, against its own collateral; the spot margin account (cash and
+    # spot legs) is closed only when its own ratio is below 1; everything else stays open.
+    n = as_.shape[1]
+    if cfg[C_UNIFIED] > 0.0:
+        before = fs[b, F_CASH]
+        cost = 0.0
+        for i in range(n):
+            s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+            before += as_[b, i, A_SPOT] * s + as_[b, i, A_COLL]
+            cost += _close_perp(b, i, p, cfg, as_)
+            as_[b, i, A_COLL] = 0.0
+        cost += _close_spot(b, t, mkt, cfg, fs, as_)
+        rest, loss, insurance = _absorb(before, cost)
+        fs[b, F_CASH] = rest
+        return loss, insurance
+    loss = 0.0
+    insurance = 0.0
+    for i in range(n):
+        if as_[b, i, A_PERP] != 0.0 and as_[b, i, A_MR] < 1.0:
+            s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+            rest, lost, absorbed = _absorb(as_[b, i, A_COLL], _close_perp(b, i, p, cfg, as_))
+            as_[b, i, A_COLL] = 0.0
+            fs[b, F_CASH] += rest
+            loss += lost
+            insurance += absorbed
+    spot_eq = fs[b, F_CASH]
+    liab = max(-fs[b, F_CASH], 0.0)
+    for i in range(n):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        q = as_[b, i, A_SPOT]
+        spot_eq += q * s
+        liab += max(-q, 0.0) * s
+    if liab > 0.0 and spot_eq < cfg[C_SPOT_MMR] * liab:
+        cost = _close_spot(b, t, mkt, cfg, fs, as_)
+        rest, lost, absorbed = _absorb(spot_eq, cost)
+        fs[b, F_CASH] = rest
+        loss += lost
+        insurance += absorbed
+    return loss, insurance
 
 
 @_jit(inline="always")
@@ -803,9 +857,10 @@ def apply_env(
     flags[b, G_HALTED] = halted1
     ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
     liq_loss = 0.0
+    insurance = 0.0
     liquidated = False
     if cfg[C_MARGIN] > 0.0 and not halted1 and ratio < 1.0:
-        liq_loss = _liquidate(b, t1, mkt, cfg, fs, as_)
+        liq_loss, insurance = _liquidate(b, t1, mkt, cfg, fs, as_)
         liquidated = True
         ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
     e1 = equity_of(b, t1, mkt, fs, as_, cfg)
@@ -831,9 +886,13 @@ def apply_env(
     if liquidated:
         risk += cfg[C_LIQ_PENALTY]
     rew[b] = cfg[C_REWARD_SCALE] * (r_carry + r_basis - r_costs - risk)
+    if liquidated and rew[b] > 0.0:
+        # The insurance fund's share is kept out of the reward, and a liquidation is never paid for
+        # (a hedged book's spot gain on the liquidating bar is not a reward for being liquidated).
+        rew[b] = 0.0
     bankrupt = e1 <= 0.0
     breach = cfg[C_DD_LIMIT] > 0.0 and dd > cfg[C_DD_LIMIT]
-    term[b] = liquidated or bankrupt or breach
+    term[b] = (liquidated and cfg[C_LIQ_ENDS] > 0.0) or bankrupt or breach
     trunc[b] = (not term[b]) and t1 >= is_[b, I_END]
     info[b, K_EQUITY] = e1
     info[b, K_CASH] = fs[b, F_CASH]
@@ -841,6 +900,7 @@ def apply_env(
     info[b, K_PRICE] = price_pnl
     info[b, K_BORROW] = borrow
     info[b, K_LIQ_LOSS] = liq_loss
+    info[b, K_INSURANCE] = insurance
     flags[b, G_LIQUIDATED] = liquidated
     info[b, K_MARGIN_RATIO] = fs[b, F_MARGIN_RATIO]
     info[b, K_DRAWDOWN] = dd

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import polars as pl
 import pytest
 
 from carry_env import CarryTradeDiscreteEnv, CarryTradeEnv, EnvConfig
@@ -135,19 +136,102 @@ def test_reverse_carry_disabled_acts_as_flat() -> None:
 def test_isolated_perp_liquidates_when_one_leg_runs_away() -> None:
     # Both legs +33 %: the short perp loses 750 * 33 = 24,750 of its 25,000 collateral; 250 left
     # against a maintenance of 0.5 % * 99,750 = 498.75 -> ratio 0.5 < 1 -> liquidation at bar 1.
-    # Spot sold 50 bp under 133: cost 99,750 * 0.005 = 498.75. Perp closed 50 bp worse plus the 1 %
-    # fee: 99,750 * 0.015 = 1,496.25, of which the 250 of collateral covers 250; the insurance fund
-    # absorbs 1,246.25. Liquidation loss = 498.75 + 1,496.25 - 1,246.25 = 748.75; equity 100,000 ->
-    # 99,251.25.
+    # Only the perp is closed: 50 bp worse plus the 1 % fee = 99,750 * 0.015 = 1,496.25, more than
+    # the 250 of collateral, so the loss stops at 250 (no insurance: the collateral was positive).
+    # The spot leg stays open (now unhedged): equity 100,000 -> 99,750.
     env = _env(FRICTIONLESS, spot=[100, 133, 133], perp=[100, 133, 133])
     _, reward, terminated, truncated, info = env.step(np.array([1.0]))
     assert info["liquidated"] and terminated and not truncated
     assert info["price_pnl"] == pytest.approx(0.0)
-    assert info["liquidation_loss"] == pytest.approx(748.75)
-    assert info["equity"] == pytest.approx(99_251.25)
-    assert info["spot_qty"][0] == 0.0 and info["perp_qty"][0] == 0.0
+    assert info["liquidation_loss"] == pytest.approx(250.0)
+    assert info["insurance_fund"] == 0.0
+    assert info["equity"] == pytest.approx(99_750.0)
+    assert info["perp_qty"][0] == 0.0 and info["collateral"][0] == 0.0
+    assert info["spot_qty"][0] == pytest.approx(750.0)
     # The reward carries the liquidation penalty (10 % of equity, in bp of equity).
-    assert reward == pytest.approx(1e4 * (-748.75 / 100_000 - 0.1))
+    assert reward == pytest.approx(1e4 * (-250.0 / 100_000 - 0.1))
+
+
+LOW_FEES = {"liquidation_fee_rate": 0.001, "liquidation_haircut_bps": 10.0}
+"""Fee 0.1 % + haircut 10 bp = 0.2 % of notional: below the 0.5 % maintenance, so the collateral
+left at liquidation covers the cost and the fee shows in full in the loss."""
+
+
+def test_isolated_liquidation_fee_covered_by_collateral() -> None:
+    # +33 %: 250 of collateral, ratio 0.5. Cost 99,750 * (0.001 + 0.001) = 199.5 < 250: the loss
+    # is 199.5 (99.75 of it the fee), 50.5 goes back to cash; equity 100,000 - 199.5.
+    env = _env(_cfg(**LOW_FEES), spot=[100, 133, 133], perp=[100, 133, 133])
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["liquidated"]
+    assert info["liquidation_loss"] == pytest.approx(199.5)
+    assert info["insurance_fund"] == 0.0
+    assert info["cash"] == pytest.approx(50.5)
+    assert info["equity"] == pytest.approx(100_000 - 199.5)
+
+
+def test_isolated_liquidation_leaves_other_assets_open() -> None:
+    # Two assets, 0.75x carry each: BTC's legs run +33 % (its perp liquidated), ETH stays flat
+    # and open; the episode continues (liquidation_ends_episode=False).
+    btc = make_frame([100, 133, 133, 133], symbol="BTC/USDT:USDT")
+    eth = make_frame([100] * 4, symbol="ETH/USDT:USDT")
+    env = CarryTradeEnv(pl.concat([btc, eth]), _cfg(liquidation_ends_episode=False))
+    env.reset(seed=0)
+    _, _, terminated, _, info = env.step(np.array([1.0, 1.0]))
+    assert info["liquidated"] and not terminated
+    assert info["perp_qty"][0] == 0.0 and info["spot_qty"][0] != 0.0
+    assert info["perp_qty"][1] != 0.0 and info["spot_qty"][1] != 0.0
+    _, _, terminated, _, info = env.step(np.array([1.0, 1.0]))
+    assert not info["liquidated"] and not terminated
+
+
+def test_isolated_gap_through_bankruptcy_is_insurance_not_negative_loss() -> None:
+    # +40 %: the perp loses 30,000 of its 25,000 collateral (-5,000). The loss stops at the
+    # collateral (0 left to lose); the insurance fund books the 5,000 gap; the reward is not
+    # positive. Equity: spot 750 * 140 = 105,000 (cash 0).
+    env = _env(FRICTIONLESS, spot=[100, 140, 140], perp=[100, 140, 140])
+    _, reward, _, _, info = env.step(np.array([1.0]))
+    assert info["liquidated"]
+    assert info["liquidation_loss"] == 0.0
+    assert info["insurance_fund"] == pytest.approx(5_000.0)
+    assert info["equity"] == pytest.approx(105_000.0)
+    assert reward <= 0.0
+
+
+def test_unified_liquidates_the_whole_account_with_fee() -> None:
+    # Unified, both legs x25 (100 -> 2,500): cash 25,000 - 750 * 2,400 = -1,775,000, spot
+    # 1,875,000 * 0.95: margin equity 6,250 < 0.5 % * 1,875,000 = 9,375 -> liquidation. Every leg
+    # closes: perp 1,875,000 * (0.5 % + 1 % fee) = 28,125, spot 1,875,000 * 0.5 % = 9,375 -> loss
+    # 37,500 out of the 100,000 of equity (18,750 of it the fee).
+    env = _env(_cfg(margin_mode="unified"), spot=[100, 2500, 2500], perp=[100, 2500, 2500])
+    _, _, terminated, _, info = env.step(np.array([1.0]))
+    assert info["liquidated"] and terminated
+    assert info["liquidation_loss"] == pytest.approx(37_500.0)
+    assert info["insurance_fund"] == 0.0
+    assert info["equity"] == pytest.approx(62_500.0)
+    assert not info["spot_qty"].any() and not info["perp_qty"].any()
+
+
+def test_unified_bankruptcy_floors_equity_at_zero() -> None:
+    # Unified, the perp alone x3: cash 25,000 - 750 * 200 = -125,000 + spot 75,000 = -50,000 of
+    # equity. The account is liquidated, its equity floored at 0: loss 0, the insurance fund takes
+    # the 50,000 gap plus the closing costs; bankruptcy ends the episode.
+    env = _env(_cfg(margin_mode="unified"), spot=[100, 100, 100], perp=[100, 300, 300])
+    _, reward, terminated, _, info = env.step(np.array([1.0]))
+    assert info["liquidated"] and info["bankrupt"] and terminated
+    assert info["equity"] == 0.0 and info["cash"] == 0.0
+    assert info["liquidation_loss"] == 0.0
+    assert info["insurance_fund"] == pytest.approx(50_000.0)
+    assert info["price_pnl"] == pytest.approx(-150_000.0)
+    assert reward < 0.0
+
+
+def test_unified_funding_is_booked_to_cash() -> None:
+    # Unified, short 750 perps at 100, +1 bp settles at bar 1: +7.5 to cash (no collateral posted).
+    env = _env(_cfg(margin_mode="unified"), spot=[100] * 3, funding=[None, 0.0001, None])
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["funding_pnl"] == pytest.approx(7.5)
+    assert info["cash"] == pytest.approx(25_000 + 7.5)
+    assert info["equity"] == pytest.approx(100_000 + 7.5)
 
 
 def test_isolated_perp_survives_a_smaller_move() -> None:
@@ -194,6 +278,17 @@ def test_halt_blocks_fills() -> None:
     _, _, _, _, info = env.step(np.array([1.0]))
     assert info["halted"] and info["fees"] == 0.0 and info["turnover"] == 0.0
     assert info["spot_qty"][0] == 0.0
+
+
+def test_no_liquidation_while_halted() -> None:
+    # The +33 % move of the isolated liquidation case, but every bar from bar 1 on is halted: the
+    # margin ratio sits at 0.5 and nothing is liquidated.
+    env = _env(HALT_EVERY_BAR, spot=[100] + [133] * 5, perp=[100] + [133] * 5)
+    for _ in range(4):
+        _, _, terminated, _, info = env.step(np.array([1.0]))
+        assert info["halted"] and not info["liquidated"] and not terminated
+        assert info["margin_ratio"] == pytest.approx(250 / 498.75)
+        assert info["perp_qty"][0] == pytest.approx(-750.0)
 
 
 def test_halt_masks_every_action_but_hold() -> None:

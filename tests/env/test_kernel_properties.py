@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings, target
 from hypothesis import strategies as st
 
 from carry_env import CarryTradeEnv, EnvConfig, MarketData
@@ -26,11 +26,18 @@ STRESS = EnvConfig(
 weights = st.one_of(st.floats(-1.5, 1.5, allow_nan=False), st.just(float("nan")))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**31 - 1),
-    actions=st.lists(st.tuples(weights, weights), min_size=1, max_size=250),
+    start=st.integers(0, 240),
+    # Each action is held for 1-40 bars, so episodes run long (across several settlements) with
+    # positions held long enough to pay funding and to be liquidated.
+    actions=st.lists(st.tuples(weights, weights, st.integers(1, 40)), min_size=1, max_size=20),
     unified=st.booleans(),
+    # Unified margin counts long spot at (1 - haircut): up to 1 (spot not counted), so unified
+    # accounts get liquidated too.
+    spot_haircut=st.floats(0.0, 1.0),
+    ends=st.booleans(),
     leverage_cap=st.floats(0.2, 4.0),
     perp_leverage=st.floats(1.0, 20.0),
     slippage_model=st.sampled_from(["linear", "sqrt"]),
@@ -38,8 +45,11 @@ weights = st.one_of(st.floats(-1.5, 1.5, allow_nan=False), st.just(float("nan"))
 )
 def test_accounting_identity_holds_for_any_actions(
     seed: int,
-    actions: list[tuple[float, float]],
+    start: int,
+    actions: list[tuple[float, float, int]],
     unified: bool,
+    spot_haircut: float,
+    ends: bool,
     leverage_cap: float,
     perp_leverage: float,
     slippage_model: str,
@@ -48,6 +58,8 @@ def test_accounting_identity_holds_for_any_actions(
     config = dataclasses.replace(
         STRESS,
         margin_mode="unified" if unified else "isolated",
+        spot_collateral_haircut=spot_haircut,
+        liquidation_ends_episode=ends,
         leverage_cap=leverage_cap,
         min_leverage=min(0.25, leverage_cap),
         perp_leverage=perp_leverage,
@@ -55,29 +67,60 @@ def test_accounting_identity_holds_for_any_actions(
         maker_fraction=maker_fraction,
     )
     env = CarryTradeEnv(MARKET, config)
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed, options={"start": start})
     equity = info["equity"]
-    for a in actions:
-        obs, reward, terminated, truncated, info = env.step(np.array(a))
-        flows = (
-            info["funding_pnl"]
-            + info["price_pnl"]
-            - info["fees"]
-            - info["slippage"]
-            - info["borrow_cost"]
-            - info["liquidation_loss"]
-        )
-        assert abs((info["equity"] - equity) - flows) <= 1e-9 * max(abs(equity), 1.0) + 1e-6
-        assert np.isfinite(obs).all() and np.isfinite(reward)
-        assert obs in env.observation_space
-        assert info["fees"] >= 0 and info["slippage"] >= 0 and info["borrow_cost"] >= 0
-        assert info["slippage"] == np.float64(info["spread_cost"]) + info["impact_cost"]
-        if info["liquidated"] or info["bankrupt"]:
-            assert terminated
-            assert not np.any(info["spot_qty"]) and not np.any(info["perp_qty"])
-        equity = info["equity"]
+    seen = {"funding": 0, "liquidation": 0, "insurance": 0, "anomaly": 0}
+    steps = 0
+    for *a, hold in actions:
+        for _ in range(hold):
+            obs, reward, terminated, truncated, info = env.step(np.array(a))
+            steps += 1
+            _check_step(info, equity, reward, obs, env, unified)
+            seen["funding"] += info["funding_pnl"] != 0.0
+            seen["liquidation"] += bool(info["liquidated"])
+            seen["insurance"] += info["insurance_fund"] > 0.0
+            seen["anomaly"] += bool(
+                info["flash_event"] or info["halted"] or info["stale"] or info["funding_spike"]
+            )
+            if info["liquidated"] and (ends or info["bankrupt"]):
+                assert terminated
+            equity = info["equity"]
+            if terminated or truncated:
+                break
         if terminated or truncated:
             break
+    mode = "unified" if unified else "isolated"
+    for name, count in seen.items():
+        if count:
+            event(f"{mode}: {name} occurred")
+    target(float(steps), label="steps")
+    target(float(seen["funding"]), label="funding settlements paid")
+
+
+def _check_step(
+    info: dict, equity: float, reward: float, obs: np.ndarray, env: CarryTradeEnv, unified: bool
+) -> None:
+    flows = (
+        info["funding_pnl"]
+        + info["price_pnl"]
+        - info["fees"]
+        - info["slippage"]
+        - info["borrow_cost"]
+        - info["liquidation_loss"]
+        + info["insurance_fund"]
+    )
+    assert abs((info["equity"] - equity) - flows) <= 1e-9 * max(abs(equity), 1.0) + 1e-6
+    assert np.isfinite(obs).all() and np.isfinite(reward)
+    assert obs in env.observation_space
+    assert info["fees"] >= 0 and info["slippage"] >= 0 and info["borrow_cost"] >= 0
+    assert info["slippage"] == np.float64(info["spread_cost"]) + info["impact_cost"]
+    assert info["liquidation_loss"] >= 0.0 and info["insurance_fund"] >= 0.0
+    assert not (info["liquidated"] and info["halted"])
+    if info["liquidated"]:
+        assert reward <= 0.0
+        if unified:
+            assert info["equity"] >= 0.0
+            assert not np.any(info["spot_qty"]) and not np.any(info["perp_qty"])
 
 
 @settings(max_examples=25, deadline=None)

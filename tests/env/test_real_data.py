@@ -96,6 +96,7 @@ def test_every_mechanism_on_real_data_keeps_the_identity(frame: pl.DataFrame) ->
             - info["slippage"]
             - info["borrow_cost"]
             - info["liquidation_loss"]
+            + info["insurance_fund"]
         )
         assert info["equity"] - equity == pytest.approx(flows, abs=1e-6)
         equity = info["equity"]
