@@ -94,13 +94,19 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     `volatility_penalty` per year * the account's annualised volatility (estimated from its returns
     over `volatility_horizon_hours` of clock time) + `turnover_penalty` * turnover / equity, +
     `liquidation_penalty` on liquidation. Every risk term is a rate of time or of notional traded,
-    so the same market on 15 m, 1 h or 8 h bars gives the same yearly sum of each term. `info` has every term (`reward_carry`, `reward_basis`,
-    `reward_costs`, `risk_penalty`) and the cash flows, which satisfy `equity[t+1] - equity[t] ==
-    funding_pnl + price_pnl - fees - slippage - borrow_cost - liquidation_loss`.
+    so the same market on 15 m, 1 h or 8 h bars gives the same yearly sum of each term. A step with
+    a liquidation never has a positive reward. `info` has every term (`reward_carry`,
+    `reward_basis`, `reward_costs`, `risk_penalty`) and the cash flows, which satisfy
+    `equity[t+1] - equity[t] == funding_pnl + price_pnl - fees - slippage - borrow_cost -
+    liquidation_loss + insurance_fund` (`insurance_fund`: the part of a gap through the bankruptcy
+    price that the venue's insurance fund absorbs; `liquidation_loss` is never negative).
 
     ## Episode End
-    `terminated` on liquidation (a margin ratio below 1), bankruptcy (equity <= 0) or drawdown above
-    `drawdown_limit`; `truncated` at the end of the data or after `episode_length` bars.
+    `terminated` on liquidation (a margin ratio below 1; unless `liquidation_ends_episode=False`),
+    bankruptcy (equity <= 0) or drawdown above `drawdown_limit`. Isolated margin liquidates only the
+    failing perp (its collateral is lost, less what remains after the liquidation fee; the spot leg
+    and the other assets stay open, now unhedged); unified margin liquidates the whole account, with
+    equity floored at zero; `truncated` at the end of the data or after `episode_length` bars.
 
     ## Anomalies
     Seeded from `np_random` through a stateless counter-based RNG (episode key, bar, stream), so
@@ -125,7 +131,13 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     replay a chosen window.
 
     ## Version History
-    - v1: risk terms scale with time (v0 charged the per-step return std every step, whose
+    - v1: isolated margin isolates (only the failing perp is liquidated), an `insurance_fund`
+      term for gaps through the bankruptcy price, unified equity floored at zero,
+      `liquidation_ends_episode`; flash events follow a random path (deepening over 1-6 bars, a
+      basis that can keep widening, recoveries partial or overshooting) with depth thinned by up
+      to 97 % and the spread widened up to 30x plus the basis gap, in fills and observation alike;
+      during feed outages the exposure and P&L entries show the last seen prices; risk terms scale
+      with time (v0 charged the per-step return std every step, whose
       yearly sum grew with sqrt(bars per year) and ranked real BTC long carry below flat);
       an action not of shape `(N,)` is an error (v0 broadcast a length-1 action to every
       asset); the rebalance band and minimum order apply to the hedged pair, so both legs trade or
