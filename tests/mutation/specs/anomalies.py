@@ -109,8 +109,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="anomaly-halt-blocks-fills",
         path=_K,
-        old="if is_[b, I_HALT] > 0 or equity <= 0.0:",
-        new="if equity <= 0.0:",
+        old="    if is_[b, I_HALT] > 0 or equity <= 0.0:\n        return\n",
+        new="    if equity <= 0.0:\n        return\n",
         tests=("tests/env/test_kernel.py::test_halt_blocks_fills",),
         note="orders fill while the venue is halted",
     ),
