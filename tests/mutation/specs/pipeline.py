@@ -228,4 +228,20 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/env/test_cash_flows.py",),
         note="spot borrow charged on the bar's closing price instead of the price it was held at",
     ),
+    Mutation(
+        id="pipeline-pit-nan-on-one-side-is-equal",
+        path=PIT,
+        old="same = (xs == ys) | (np.isnan(xs) & np.isnan(ys))",
+        new="same = (xs == ys) | np.isnan(xs) | np.isnan(ys)",
+        tests=(T_PIT,),
+        note="a value that becomes NaN (or stops being NaN) after the perturbation is not reported",
+    ),
+    Mutation(
+        id="pipeline-pit-cutoff-bar-not-compared",
+        path=PIT,
+        old='a, b = a.filter(pl.col("ts") <= t), b.filter(pl.col("ts") <= t)',
+        new='a, b = a.filter(pl.col("ts") < t), b.filter(pl.col("ts") < t)',
+        tests=(T_PIT,),
+        note="a leak into the bar stamped exactly at the cut-off goes unseen",
+    ),
 ]

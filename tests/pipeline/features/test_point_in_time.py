@@ -3,7 +3,7 @@ set, and that it catches look-ahead when there is some."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -11,6 +11,7 @@ import pytest
 
 from carry_pipeline.lib.features import carry as carry_module
 from carry_pipeline.lib.features.point_in_time import (
+    _frame_diff,
     check_point_in_time,
     perturb_after,
     sample_point_in_time,
@@ -119,3 +120,20 @@ def test_market_frame_is_accepted_by_the_env(pipeline_out: dict) -> None:
     settled = frame.filter(pl.col("symbol") == "BTC/USDT:USDT")["funding_rate"].is_not_null()
     assert int(np.isfinite(market.funding[:, 0]).sum()) == int(settled.sum())
     assert np.isfinite(market.features).all() and np.isfinite(market.sentiment).all()
+
+
+def test_frame_diff_sees_a_new_nan_and_the_cutoff_bar() -> None:
+    bar = timedelta(minutes=15)
+    t = datetime(2024, 1, 2, tzinfo=UTC)
+    ts = [t - 2 * bar, t - bar, t, t + bar]
+    a = pl.DataFrame({"ts": ts, "f_x": [1.0, 2.0, 3.0, 4.0], "f_y": [1.0, float("nan"), 1.0, 1.0]})
+    assert _frame_diff(a, a, t, "f") == []
+    # f_x changes at t exactly; f_y turns NaN at t - 2 bars and stops being NaN at t - 1 bar.
+    b = a.with_columns(
+        pl.Series("f_x", [1.0, 2.0, 3.5, 9.0]), pl.Series("f_y", [float("nan"), 1.0, 1.0, 1.0])
+    )
+    problems = _frame_diff(a, b, t, "f")
+    assert any(p.startswith(f"f.f_x changed at {t}") for p in problems), problems
+    assert any(p.startswith(f"f.f_y changed at {t - 2 * bar} (2 values)") for p in problems)
+    # Only the value after t changed: no problem.
+    assert _frame_diff(a, a.with_columns(pl.Series("f_x", [1.0, 2.0, 3.0, 9.0])), t, "f") == []
