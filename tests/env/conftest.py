@@ -17,6 +17,19 @@ BAR = timedelta(minutes=15)
 BAR_YEARS = 900.0 / (365.0 * 86_400.0)
 
 
+def booked_flows(info: dict) -> float:
+    """The right side of the accounting identity: what `equity[t+1] - equity[t]` must equal."""
+    return (
+        info["funding_pnl"]
+        + info["price_pnl"]
+        - info["fees"]
+        - info["slippage"]
+        - info["borrow_cost"]
+        - info["liquidation_loss"]
+        + info["insurance_fund"]
+    )
+
+
 def make_frame(
     spot: Sequence[float],
     perp: Sequence[float] | None = None,

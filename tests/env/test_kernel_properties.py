@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from carry_env import CarryTradeEnv, EnvConfig, MarketData
 
-from .conftest import random_frame
+from .conftest import booked_flows, random_frame
 
 MARKET = MarketData.from_frame(random_frame(seed=7, n_bars=300))
 STRESS = EnvConfig(
@@ -100,15 +100,7 @@ def test_accounting_identity_holds_for_any_actions(
 def _check_step(
     info: dict, equity: float, reward: float, obs: np.ndarray, env: CarryTradeEnv, unified: bool
 ) -> None:
-    flows = (
-        info["funding_pnl"]
-        + info["price_pnl"]
-        - info["fees"]
-        - info["slippage"]
-        - info["borrow_cost"]
-        - info["liquidation_loss"]
-        + info["insurance_fund"]
-    )
+    flows = booked_flows(info)
     assert abs((info["equity"] - equity) - flows) <= 1e-9 * max(abs(equity), 1.0) + 1e-6
     assert np.isfinite(obs).all() and np.isfinite(reward)
     assert obs in env.observation_space

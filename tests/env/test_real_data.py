@@ -17,7 +17,7 @@ import pytest
 
 from carry_env import CarryTradeEnv, EnvConfig, MarketData
 
-from .conftest import FRICTIONLESS
+from .conftest import FRICTIONLESS, booked_flows
 
 RAW = Path(__file__).resolve().parents[3] / "shared/data/real/gobbles404_perp_arb/raw_fe434800"
 pytestmark = pytest.mark.skipif(not RAW.exists(), reason="../shared/data is not beside the repo")
@@ -89,15 +89,7 @@ def test_every_mechanism_on_real_data_keeps_the_identity(frame: pl.DataFrame) ->
     equity, funding, costs = info["equity"], 0.0, 0.0
     while True:
         _, _, terminated, truncated, info = env.step(np.array([1.0]))
-        flows = (
-            info["funding_pnl"]
-            + info["price_pnl"]
-            - info["fees"]
-            - info["slippage"]
-            - info["borrow_cost"]
-            - info["liquidation_loss"]
-            + info["insurance_fund"]
-        )
+        flows = booked_flows(info)
         assert info["equity"] - equity == pytest.approx(flows, abs=1e-6)
         equity = info["equity"]
         funding += info["funding_pnl"]
