@@ -1,0 +1,370 @@
+"""What an expert sees: the fold's normalised sliding windows next to the env's account state.
+
+At each bar an expert sees, per asset, the window of `training_windows` whose end time is the latest
+at or before the bar's `ts` (never one ending after it), optionally a longer history made of several
+consecutive windows (thinned by a stride), beside chosen entries of `CarryTradeEnv`'s observation.
+
+The bar -> window-row map is computed once per env as an int64 array (`window_rows`), so a step only
+gathers rows with numpy fancy indexing; nothing loops over bars or envs in Python.
+
+Observation (`gymnasium.spaces.Dict`, float32), per env, N assets:
+
+| key | shape | content |
+|-----|-------|---------|
+| `window` | `(N, R, Fw)` | R = ceil(history_windows * lookback / history_stride) rows of the normalised window values, oldest first, ending at the latest window end <= the bar; zeros if no window has ended yet |
+| `asset` | `(N, Fa)` | `asset_fields` of each asset's block of the env observation (e.g. `spot_exposure`) |
+| `global` | `(G + 2,)` | `global_fields` of the env observation, then `window_valid` (1 when a window exists) and `window_age_days` (bar ts - window end, days; 0 on a gap-free grid) |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from carry_env import kernel as k
+from carry_env.engine import ASSET_MARKET_NAMES, ASSET_PORTFOLIO_NAMES, GLOBAL_NAMES
+from carry_pipeline.lib.features.windows import open_windows
+
+US_PER_NS = 1_000
+NS_PER_DAY = 86_400 * 1_000_000_000
+ASSET_FIELDS = (*ASSET_MARKET_NAMES, *ASSET_PORTFOLIO_NAMES)
+"""Per-asset entries of the env observation an expert may select (the `f_*` ones come from the
+windows instead, normalised)."""
+Output = Literal["weights", "exposure"]
+
+
+@dataclass(frozen=True, eq=False)
+class WindowSet:
+    """One fold segment of `training_windows`: the normalised `(T, S, F)` values and their times.
+
+    A window ending at row r is `values[r - lookback + 1 : r + 1]`; windows end at rows
+    `first_window_row .. T - 1`.
+    """
+
+    values: np.ndarray
+    """`(T, S, F)` float32, normalised with the fold's train statistics (may be a memmap)."""
+    ts_us: np.ndarray
+    """`(T,)` int64 bar close times, microseconds since the epoch, strictly increasing."""
+    lookback: int
+    first_window_row: int
+    symbols: tuple[str, ...]
+    features: tuple[str, ...]
+    fold: int = -1
+    segment: str = "train"
+    span: tuple[Any, Any] | None = None
+    """`(span_start, span_end)` of the segment (half-open), as the manifest gives it."""
+
+    def __post_init__(self) -> None:
+        t, s, f = self.values.shape
+        where = f"fold {self.fold} {self.segment} windows"
+        if self.ts_us.shape != (t,):
+            raise ValueError(f"{where}: {self.ts_us.shape[0]} times for {t} rows of values")
+        if t > 1 and not (np.diff(self.ts_us) > 0).all():
+            raise ValueError(f"{where}: bar times are not strictly increasing")
+        if (s, f) != (len(self.symbols), len(self.features)):
+            raise ValueError(
+                f"{where}: values have {s} symbols x {f} features; the manifest names "
+                f"{len(self.symbols)} x {len(self.features)}"
+            )
+        if not self.lookback - 1 <= self.first_window_row < max(t, 1):
+            raise ValueError(
+                f"{where}: first_window_row {self.first_window_row} is not in "
+                f"[{self.lookback - 1}, {t - 1}]"
+            )
+
+    @classmethod
+    def from_manifest_row(cls, row: dict) -> WindowSet:
+        """Memory-map one `training_windows` manifest row (see `lib.features.windows`)."""
+        import json
+
+        open_windows(row)  # validates that the files exist and agree with the row
+        return cls(
+            values=np.load(row["values_path"], mmap_mode="r"),
+            ts_us=np.asarray(np.load(row["ts_path"], mmap_mode="r"), dtype=np.int64),
+            lookback=int(row["lookback"]),
+            first_window_row=int(row["first_window_row"]),
+            symbols=tuple(json.loads(row["symbols"])),
+            features=tuple(json.loads(row["features"])),
+            fold=int(row["fold"]),
+            segment=str(row["segment"]),
+            span=(row["span_start"], row["span_end"]),
+        )
+
+    @property
+    def end_ts_us(self) -> np.ndarray:
+        """End time of every window, in window order."""
+        return self.ts_us[self.first_window_row :]
+
+    def window(self, i: int) -> np.ndarray:
+        """Window i (`(lookback, S, F)`), as `open_windows` lists it."""
+        r = self.first_window_row + i
+        return np.asarray(self.values[r - self.lookback + 1 : r + 1])
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    """Which parts of the windows and of the env observation an expert sees."""
+
+    window_features: tuple[str, ...] | None = None
+    """Feature-name prefixes to keep from the windows (e.g. `("f_sent_", "f_funding")`); None keeps
+    all."""
+    history_windows: int = 1
+    """Consecutive windows per observation: the history covers `history_windows * lookback` bars
+    ending at the latest window end (a frame stack without overlap, for multi-day horizons)."""
+    history_stride: int = 1
+    """Keep every `history_stride`-th row of that history, counted back from its end."""
+    asset_fields: tuple[str, ...] = ASSET_PORTFOLIO_NAMES
+    """Per-asset env observation entries (names from `ASSET_FIELDS`)."""
+    global_fields: tuple[str, ...] = ("cash", "drawdown", "margin_buffer", "gross_leverage")
+    """Account/clock env observation entries (names from `carry_env.engine.GLOBAL_NAMES`)."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with the spec, one message per field (empty when valid)."""
+        out = []
+        if self.history_windows < 1:
+            out.append(f"history_windows={self.history_windows} must be >= 1")
+        if self.history_stride < 1:
+            out.append(f"history_stride={self.history_stride} must be >= 1")
+        bad = [n for n in self.asset_fields if n not in ASSET_FIELDS]
+        if bad:
+            out.append(f"asset_fields {bad} are not env per-asset entries {list(ASSET_FIELDS)}")
+        bad = [n for n in self.global_fields if n not in GLOBAL_NAMES]
+        if bad:
+            out.append(f"global_fields {bad} are not env global entries {list(GLOBAL_NAMES)}")
+        return out
+
+    def history_offsets(self, lookback: int) -> np.ndarray:
+        """Row offsets of the history relative to the window's end row, oldest first (<= 0)."""
+        n_rows = math.ceil(self.history_windows * lookback / self.history_stride)
+        return -np.arange(n_rows - 1, -1, -1, dtype=np.int64) * self.history_stride
+
+
+def window_index(bar_ts_ns: np.ndarray, end_ts_us: np.ndarray) -> np.ndarray:
+    """For each bar, the index of the window whose end is the latest at or before the bar.
+
+    Args:
+        bar_ts_ns: `(T,)` bar times, int64 nanoseconds (`MarketData.ts`).
+        end_ts_us: `(W,)` window end times, int64 microseconds, increasing.
+
+    Returns:
+        `(T,)` int64 window indices; -1 where no window has ended by the bar.
+    """
+    ends_ns = np.asarray(end_ts_us, dtype=np.int64) * US_PER_NS
+    return np.searchsorted(ends_ns, np.asarray(bar_ts_ns, dtype=np.int64), side="right") - 1
+
+
+@dataclass(frozen=True, eq=False)
+class ObservationBuilder:
+    """Precomputed gathers from (env observation, bar index) to the expert's Dict observation."""
+
+    windows: WindowSet
+    spec: ObservationSpec
+    bar_ts_ns: np.ndarray
+    env_names: Sequence[str]
+    symbols: tuple[str, ...]
+    rows: np.ndarray = field(init=False)
+    """`(T, R)` value rows of each bar's history."""
+    valid: np.ndarray = field(init=False)
+    age_days: np.ndarray = field(init=False)
+    feature_idx: np.ndarray = field(init=False)
+    asset_idx: np.ndarray = field(init=False)
+    global_idx: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        w, spec = self.windows, self.spec
+        if spec.problems():
+            raise ValueError("invalid ObservationSpec: " + "; ".join(spec.problems()))
+        widx = window_index(self.bar_ts_ns, w.end_ts_us)
+        end_row = np.where(widx >= 0, widx + w.first_window_row, 0)
+        offsets = spec.history_offsets(w.lookback)
+        rows = end_row[:, None] + offsets[None, :]
+        valid = (widx >= 0) & (rows[:, 0] >= 0)
+        end_ns = w.ts_us[end_row].astype(np.int64) * US_PER_NS
+        age = np.where(valid, (self.bar_ts_ns - end_ns) / NS_PER_DAY, 0.0)
+        set_ = object.__setattr__
+        set_(self, "rows", np.where(valid[:, None], np.maximum(rows, 0), 0))
+        set_(self, "valid", valid)
+        set_(self, "age_days", age.astype(np.float32))
+        set_(self, "feature_idx", _feature_indices(w.features, spec.window_features, w.fold))
+        index = {name: i for i, name in enumerate(self.env_names)}
+        set_(
+            self,
+            "asset_idx",
+            np.array(
+                [[index[f"{s}:{n}"] for n in spec.asset_fields] for s in self.symbols],
+                dtype=np.int64,
+            ).reshape(len(self.symbols), len(spec.asset_fields)),
+        )
+        set_(self, "global_idx", np.array([index[n] for n in spec.global_fields], dtype=np.int64))
+
+    @property
+    def observation_space(self) -> spaces.Dict:
+        """The Dict space of one env's observation."""
+        n, r, f = len(self.symbols), self.rows.shape[1], self.feature_idx.shape[0]
+        box = lambda *shape: spaces.Box(-k.OBS_LIMIT, k.OBS_LIMIT, shape, np.float32)  # noqa: E731
+        return spaces.Dict(
+            {
+                "window": box(n, r, f),
+                "asset": box(n, self.asset_idx.shape[1]),
+                "global": box(self.global_idx.shape[0] + 2),
+            }
+        )
+
+    def build(self, env_obs: np.ndarray, bars: np.ndarray) -> dict[str, np.ndarray]:
+        """The Dict observation of a batch: `env_obs` `(B, D)` at bar indices `bars` `(B,)`."""
+        bars = np.asarray(bars, dtype=np.int64)
+        rows = self.rows[bars]  # (B, R)
+        win = np.asarray(self.windows.values[rows.reshape(-1)])  # (B*R, S, F)
+        win = win[:, :, self.feature_idx].reshape(bars.shape[0], rows.shape[1], *win.shape[1:2], -1)
+        win = np.ascontiguousarray(win.transpose(0, 2, 1, 3), dtype=np.float32)
+        win *= self.valid[bars][:, None, None, None]
+        glob = np.concatenate(
+            [
+                env_obs[:, self.global_idx],
+                self.valid[bars, None].astype(np.float32),
+                self.age_days[bars, None],
+            ],
+            axis=1,
+        )
+        return {
+            "window": win,
+            "asset": env_obs[:, self.asset_idx].astype(np.float32),
+            "global": glob.astype(np.float32),
+        }
+
+
+def _feature_indices(
+    features: tuple[str, ...], prefixes: tuple[str, ...] | None, fold: int
+) -> np.ndarray:
+    if prefixes is None:
+        return np.arange(len(features), dtype=np.int64)
+    idx = [i for i, name in enumerate(features) if name.startswith(tuple(prefixes))]
+    if not idx:
+        raise ValueError(
+            f"fold {fold}: no window feature starts with {list(prefixes)}; the windows have "
+            f"{list(features)}"
+        )
+    return np.array(idx, dtype=np.int64)
+
+
+def current_bars(venv: VecEnv) -> np.ndarray:
+    """Bar index of each env's current observation in a (wrapped) `CarryTradeVectorEnv`."""
+    return base_vector_env(venv).engine.is_[:, k.I_T].copy()
+
+
+def base_vector_env(venv: Any) -> Any:
+    """The `CarryTradeVectorEnv` under SB3 wrappers and the `SB3VecEnv` adapter."""
+    env = venv
+    while not hasattr(env, "engine"):
+        if hasattr(env, "venv"):
+            env = env.venv
+        else:
+            raise TypeError(f"{type(venv).__name__} does not wrap a CarryTradeVectorEnv")
+    return env
+
+
+def reference_carry(
+    env_obs: np.ndarray, env_names: Sequence[str], threshold_bp: float = 0.5
+) -> np.ndarray:
+    """The book an exposure multiplier scales: full long carry per asset where the 3-settlement
+    funding mean is above `threshold_bp`, full reverse carry below minus it, flat in between
+    (`carry_env.demo.funding_follower` at full weight), `(B, N)`."""
+    cols = [i for i, n in enumerate(env_names) if n.endswith(":funding_sma3_bp")]
+    sma = env_obs[:, cols]
+    return np.where(sma > threshold_bp, 1.0, np.where(sma < -threshold_bp, -1.0, 0.0))
+
+
+class ExpertVecEnv(VecEnvWrapper):
+    """SB3 `VecEnv` wrapper over `SB3VecEnv(CarryTradeVectorEnv)`: Dict observations from the
+    windows (see the module docstring) and the expert's action mapping.
+
+    Actions: `output="weights"` passes the policy's action to the env (continuous weights in [-1, 1]
+    per asset, or the discrete env's choice). `output="exposure"`: the policy's `a` in [-1, 1] per
+    asset is the multiplier `m = (a + 1) / 2` in [0, 1], and the env trades `m *
+    reference_carry(obs)`, so `m = 0` is flat and `m = 1` the full reference book.
+    """
+
+    def __init__(
+        self, venv: VecEnv, builder: ObservationBuilder, output: Output = "weights"
+    ) -> None:
+        self.builder = builder
+        self.output = output
+        self._base = base_vector_env(venv)
+        if self._base.market.symbols != builder.symbols:
+            raise ValueError(
+                f"fold {builder.windows.fold}: env symbols {list(self._base.market.symbols)} differ "
+                f"from the observation builder's {list(builder.symbols)}"
+            )
+        super().__init__(venv, observation_space=builder.observation_space)
+        self._raw: np.ndarray | None = None
+        self._prev_bars: np.ndarray | None = None
+
+    def reset(self) -> dict[str, np.ndarray]:
+        """Reset the envs and return the first Dict observations."""
+        self._raw = self.venv.reset()
+        return self.builder.build(self._raw, current_bars(self._base))
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Map the actions (see the class docstring) and pass them on."""
+        self._prev_bars = current_bars(self._base)
+        self.venv.step_async(
+            map_actions(self.output, actions, self._raw, self._base.observation_names)
+        )
+
+    def step_wait(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[dict]]:
+        """Step; a finished env's `terminal_observation` is built at the bar its episode ended on."""
+        raw, rew, dones, infos = self.venv.step_wait()
+        self._raw = raw
+        obs = self.builder.build(raw, current_bars(self._base))
+        done = np.flatnonzero(dones)
+        if done.size:
+            final_raw = np.stack([infos[b]["terminal_observation"] for b in done])
+            # Every step advances the clock by exactly one bar.
+            final = self.builder.build(final_raw, self._prev_bars[done] + 1)
+            for j, b in enumerate(done):
+                infos[b]["terminal_observation"] = {key: v[j] for key, v in final.items()}
+        return obs, rew, dones, infos
+
+
+def exposure_multiplier(actions: np.ndarray) -> np.ndarray:
+    """Policy actions in [-1, 1] (clipped) -> exposure multipliers in [0, 1]."""
+    return (np.clip(np.asarray(actions, dtype=np.float64), -1.0, 1.0) + 1.0) / 2.0
+
+
+def map_actions(
+    output: Output, actions: np.ndarray, env_obs: np.ndarray, env_names: Sequence[str]
+) -> np.ndarray:
+    """The env's actions for a policy's: unchanged for `weights`, `m * reference_carry` for
+    `exposure` (see `ExpertVecEnv`)."""
+    if output == "exposure":
+        return exposure_multiplier(actions) * reference_carry(env_obs, env_names)
+    return np.asarray(actions)
+
+
+def make_expert_env(
+    market: Any,
+    windows: WindowSet,
+    spec: ObservationSpec,
+    config: Any,
+    n_envs: int,
+    *,
+    output: Output = "weights",
+    discrete: bool = False,
+) -> ExpertVecEnv:
+    """`ExpertVecEnv` over `SB3VecEnv` over a batched carry env (`CarryTradeDiscreteVectorEnv`
+    when `discrete`) on `market` with `config`."""
+    from carry_env.discrete import CarryTradeDiscreteVectorEnv
+    from carry_env.vector import CarryTradeVectorEnv, SB3VecEnv
+
+    cls = CarryTradeDiscreteVectorEnv if discrete else CarryTradeVectorEnv
+    base = cls(market, config, n_envs)
+    builder = ObservationBuilder(
+        windows, spec, base.market.ts, base.observation_names, base.market.symbols
+    )
+    return ExpertVecEnv(SB3VecEnv(base), builder, output)

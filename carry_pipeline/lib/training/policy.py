@@ -1,0 +1,115 @@
+"""The one policy interface of a trained expert, for validation, the backtest and the paper trader.
+
+`load_expert(folder)` reads what `train.save_expert` wrote (`model.zip`, `spec.json`,
+`env_config.json`, `normalisation_stats.parquet`, `record.json`) and returns an `ExpertPolicy`:
+Dict observation in (as `observation.ExpertVecEnv` builds it), action out, recurrent state handled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sb3_contrib import MaskablePPO, RecurrentPPO
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from carry_env.config import EnvConfig
+from carry_pipeline.lib.training.observation import exposure_multiplier
+from carry_pipeline.lib.training.specs import ExpertSpec
+
+ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {
+    "PPO": PPO,
+    "RecurrentPPO": RecurrentPPO,
+    "MaskablePPO": MaskablePPO,
+}
+
+
+@dataclass(frozen=True)
+class PolicyOutput:
+    """One decision for a batch of B observations."""
+
+    action: np.ndarray
+    """What the expert's env wrapper takes: `(B, N)` in [-1, 1], or `(B,)` discrete choices."""
+    output: np.ndarray
+    """The expert's meaning of it: weights per asset, exposure multipliers in [0, 1], or
+    choices."""
+    state: Any
+    """Recurrent state to pass back with the next observation (None for feed-forward experts)."""
+
+
+class ExpertPolicy:
+    """A trained expert: `act(obs, state, episode_start)` -> `PolicyOutput`.
+
+    Calling the object (`policy(obs, episode_start, masks)`) acts deterministically and keeps the
+    recurrent state itself, for a single rollout at a time.
+    """
+
+    def __init__(self, model: BaseAlgorithm, spec: ExpertSpec, env_config: EnvConfig) -> None:
+        self.model = model
+        self.spec = spec
+        self.env_config = env_config
+        self.recurrent = spec.algorithm == "RecurrentPPO"
+        self._state: Any = None
+
+    def act(
+        self,
+        obs: dict[str, np.ndarray],
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        action_masks: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> PolicyOutput:
+        """Decide for a batch of observations.
+
+        Args:
+            obs: Dict observation batch (`window`, `asset`, `global`).
+            state: the previous call's `PolicyOutput.state` (recurrent experts), None at the start.
+            episode_start: `(B,)` bools, True where an episode begins (resets the LSTM state).
+            action_masks: `(B, n_actions)` allowed actions (MaskablePPO experts).
+            deterministic: the mean/argmax action instead of a sample.
+        """
+        n = obs["asset"].shape[0]
+        starts = np.ones(n, dtype=bool) if episode_start is None else np.asarray(episode_start)
+        if self.recurrent:
+            action, state = self.model.predict(
+                obs, state=state, episode_start=starts, deterministic=deterministic
+            )
+        elif self.spec.algorithm == "MaskablePPO":
+            action, state = self.model.predict(
+                obs, action_masks=action_masks, deterministic=deterministic
+            )
+        else:
+            action, state = self.model.predict(obs, deterministic=deterministic)
+        output = exposure_multiplier(action) if self.spec.output == "exposure" else action
+        return PolicyOutput(action=action, output=output, state=state)
+
+    def __call__(
+        self,
+        obs: dict[str, np.ndarray],
+        episode_start: np.ndarray | None = None,
+        action_masks: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Deterministic action, keeping the recurrent state between calls."""
+        out = self.act(obs, self._state, episode_start, action_masks)
+        self._state = out.state
+        return out.action
+
+
+def load_expert(folder: str | Path, device: str = "auto") -> ExpertPolicy:
+    """The expert saved in `folder` (`<models_root>/<expert>/<fold>/`).
+
+    Raises:
+        FileNotFoundError: the folder lacks `spec.json` or `model.zip`.
+    """
+    folder = Path(folder)
+    for name in ("spec.json", "model.zip", "env_config.json"):
+        if not (folder / name).exists():
+            raise FileNotFoundError(f"{folder} holds no {name}: not a saved expert")
+    spec = ExpertSpec.from_dict(json.loads((folder / "spec.json").read_text()))
+    env_config = EnvConfig(**json.loads((folder / "env_config.json").read_text()))
+    model = ALGORITHM_CLASSES[spec.algorithm].load(folder / "model.zip", device=device)
+    return ExpertPolicy(model, spec, env_config)
