@@ -9,11 +9,12 @@ gathers rows with numpy fancy indexing; nothing loops over bars or envs in Pytho
 
 Observation (`gymnasium.spaces.Dict`, float32), per env, N assets:
 
-| key | shape | content |
-|-----|-------|---------|
-| `window` | `(N, R, Fw)` | R = ceil(history_windows * lookback / history_stride) rows of the normalised window values, oldest first, ending at the latest window end <= the bar; zeros if no window has ended yet |
-| `asset` | `(N, Fa)` | `asset_fields` of each asset's block of the env observation (e.g. `spot_exposure`) |
-| `global` | `(G + 2,)` | `global_fields` of the env observation, then `window_valid` (1 when a window exists) and `window_age_days` (bar ts - window end, days; 0 on a gap-free grid) |
+- `window` `(N, R, Fw)`: R = ceil(history_windows * lookback / history_stride) rows of the
+  normalised window values, oldest first, ending at the latest window end <= the bar; zeros while
+  no window has ended yet.
+- `asset` `(N, Fa)`: `asset_fields` of each asset's block of the env observation.
+- `global` `(G + 2,)`: `global_fields` of the env observation, then `window_valid` (1 when a window
+  exists) and `window_age_days` (bar time minus window end, in days; 0 on a gap-free grid).
 """
 
 from __future__ import annotations
@@ -298,7 +299,8 @@ class ExpertVecEnv(VecEnvWrapper):
         self._base = base_vector_env(venv)
         if self._base.market.symbols != builder.symbols:
             raise ValueError(
-                f"fold {builder.windows.fold}: env symbols {list(self._base.market.symbols)} differ "
+                f"fold {builder.windows.fold}: env symbols {list(self._base.market.symbols)} "
+                "differ "
                 f"from the observation builder's {list(builder.symbols)}"
             )
         super().__init__(venv, observation_space=builder.observation_space)
@@ -318,7 +320,7 @@ class ExpertVecEnv(VecEnvWrapper):
         )
 
     def step_wait(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[dict]]:
-        """Step; a finished env's `terminal_observation` is built at the bar its episode ended on."""
+        """Step; a finished env's `terminal_observation` is built at the bar its episode ended."""
         raw, rew, dones, infos = self.venv.step_wait()
         self._raw = raw
         obs = self.builder.build(raw, current_bars(self._base))

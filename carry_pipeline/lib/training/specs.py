@@ -26,7 +26,7 @@ PROFILES = ("demo", "full")
 
 @dataclass(frozen=True)
 class ExpertSpec:
-    """Everything that defines how one expert trains; JSON round-trips with `to_dict`/`from_dict`."""
+    """Everything that defines how one expert trains (JSON via `to_dict` / `from_dict`)."""
 
     name: str
     """Expert name; the models folder is `<models_root>/<name>/<fold>/`."""

@@ -1,0 +1,142 @@
+"""The expert observation: each bar sees the latest window ending at or before it (never a later
+one), exactly as stored, beside the env's own entries; terminal observations sit at the last bar."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from carry_env.config import EnvConfig
+from carry_env.engine import observation_names
+from carry_pipeline.lib.training.observation import (
+    ObservationBuilder,
+    ObservationSpec,
+    WindowSet,
+    current_bars,
+    make_expert_env,
+    window_index,
+)
+
+from .conftest import carry_frame, fold_inputs
+
+H_NS = 3_600 * 10**9
+H_US = 3_600 * 10**6
+
+
+@pytest.mark.parametrize(
+    ("bars_h", "ends_h", "expected"),
+    [
+        # a bar before the first window end sees none
+        ([0, 4], [5, 6], [-1, -1]),
+        # a window ending exactly at the bar is visible; one ending an hour later is not
+        ([5, 6, 7], [5, 6, 8], [0, 1, 1]),
+        # a gap in the window ends (none end at 10..19): the bars in the gap keep the last one
+        ([9, 10, 15, 19, 20, 25], [9, 20], [0, 0, 0, 0, 1, 1]),
+    ],
+)
+def test_window_index_is_the_latest_end_at_or_before_the_bar(bars_h, ends_h, expected) -> None:
+    got = window_index(np.array(bars_h) * H_NS, np.array(ends_h) * H_US)
+    assert got.tolist() == expected
+
+
+def _gappy_windows(lookback: int = 3) -> WindowSet:
+    # Rows 0..11 at hours with two gaps (no rows at 5-6 and 10-13); value = 1000 r + 10 s + f, so
+    # every gathered number says which row, symbol and feature it came from.
+    hours = np.array([0, 1, 2, 3, 4, 7, 8, 9, 14, 15, 16, 17])
+    r, s, f = np.meshgrid(np.arange(12), np.arange(2), np.arange(3), indexing="ij")
+    return WindowSet(
+        values=(1000.0 * r + 10.0 * s + f).astype(np.float32),
+        ts_us=hours * H_US,
+        lookback=lookback,
+        first_window_row=lookback - 1,
+        symbols=("BTC", "ETH"),
+        features=("f_a", "f_b", "f_c"),
+    )
+
+
+def _builder(
+    windows: WindowSet, spec: ObservationSpec, bar_hours: np.ndarray
+) -> ObservationBuilder:
+    names = observation_names(windows.symbols, windows.features, 0)
+    return ObservationBuilder(windows, spec, bar_hours * H_NS, names, windows.symbols)
+
+
+def test_every_bar_gets_the_stored_window_that_ended_last_before_it() -> None:
+    windows = _gappy_windows()
+    bars = np.arange(0, 20)  # hourly bars, through both gaps and past the last row
+    builder = _builder(windows, ObservationSpec(), bars)
+    env_obs = np.zeros((bars.size, len(builder.env_names)), dtype=np.float32)
+    obs = builder.build(env_obs, np.arange(bars.size))
+    ends_h = windows.end_ts_us // H_US
+    for t, hour in enumerate(bars):
+        visible = np.flatnonzero(ends_h <= hour)
+        if visible.size == 0:  # hours 0 and 1: no 3-bar window has ended
+            assert obs["global"][t, -2] == 0 and not obs["window"][t].any()
+            continue
+        i = visible[-1]
+        assert ends_h[i] <= hour and (i + 1 == ends_h.size or ends_h[i + 1] > hour)
+        stored = windows.window(i).transpose(1, 0, 2)  # (S, lookback, F)
+        np.testing.assert_array_equal(obs["window"][t], stored)
+        assert obs["global"][t, -2] == 1.0
+        assert obs["global"][t, -1] == pytest.approx((hour - ends_h[i]) / 24.0)
+    # The row each window ends at never lies after the bar: its value's row digit says so.
+    end_rows = obs["window"][:, 0, -1, 0] // 1000
+    row_hours = windows.ts_us[end_rows.astype(int)] // H_US
+    assert (row_hours[2:] <= bars[2:]).all()
+
+
+def test_history_stacks_consecutive_windows_thinned_by_the_stride() -> None:
+    windows = _gappy_windows(lookback=2)
+    spec = ObservationSpec(history_windows=3, history_stride=2, window_features=("f_b",))
+    bars = np.array([17, 9, 8])
+    obs = _builder(windows, spec, bars).build(np.zeros((3, 60), np.float32), np.arange(3))
+    # 3 windows x 2 bars = 6 rows of history, every 2nd kept: rows r-4, r-2, r, feature f_b only.
+    assert obs["window"].shape == (3, 2, 3, 1)
+    np.testing.assert_array_equal(
+        obs["window"][0, 1, :, 0], [7011, 9011, 11011]
+    )  # hour 17 = row 11
+    np.testing.assert_array_equal(obs["window"][1, 0, :, 0], [3001, 5001, 7001])  # hour 9 = row 7
+    # hour 8 = row 6: its history starts at row 6 - 4 = 2 >= 0, so it is valid
+    np.testing.assert_array_equal(obs["window"][2, 0, :, 0], [2001, 4001, 6001])
+    short = _builder(windows, spec, np.array([3])).build(np.zeros((1, 60), np.float32), [0])
+    assert short["global"][0, -2] == 0 and not short["window"].any()  # row 3 - 4 < 0
+
+
+def test_unknown_feature_prefix_fails_naming_the_fold() -> None:
+    with pytest.raises(ValueError, match=r"fold -1: no window feature starts with \['f_sent_'\]"):
+        _builder(_gappy_windows(), ObservationSpec(window_features=("f_sent_",)), np.arange(3))
+
+
+def test_the_wrapped_batched_env_shows_the_current_and_the_terminal_bar_windows(tmp_path) -> None:
+    inputs = fold_inputs(carry_frame(120, ("BTC", "ETH")), tmp_path, train_bars=80, test_bars=20)
+    windows, market = inputs.train_windows, inputs.train_market
+    config = EnvConfig(random_start=True, episode_length=5, anomalies=False)
+    env = make_expert_env(market, windows, ObservationSpec(), config, 4)
+    env.seed(3)
+    obs = env.reset()
+    names = env._base.observation_names
+    rng = np.random.default_rng(0)
+    ends_ns = windows.end_ts_us * 1000
+    terminals = 0
+    for _ in range(12):
+        bars = current_bars(env)
+        for b, t in enumerate(bars):
+            i = np.searchsorted(ends_ns, market.ts[t], side="right") - 1
+            if i >= 0:
+                np.testing.assert_array_equal(
+                    obs["window"][b], windows.window(i).transpose(1, 0, 2)
+                )
+        raw = env._raw
+        np.testing.assert_array_equal(
+            obs["asset"][:, 1, 0], raw[:, names.index("ETH:spot_exposure")]
+        )
+        obs, _, dones, infos = env.step(rng.uniform(-1, 1, (4, 2)))
+        for b in np.flatnonzero(dones):
+            # The episode ran 5 bars from its start: the terminal bar is the one after the last
+            # step's bar, and its window is the one ending at or before it.
+            t_end = bars[b] + 1
+            i = np.searchsorted(ends_ns, market.ts[t_end], side="right") - 1
+            term = infos[b]["terminal_observation"]
+            np.testing.assert_array_equal(term["window"], windows.window(i).transpose(1, 0, 2))
+            terminals += 1
+    assert terminals >= 4
