@@ -97,7 +97,7 @@ def test_registry_row_and_saved_files(inputs, tmp_path) -> None:
         for k, v in policy.model.observation_space.spaces.items()
     }
     out = policy.act(obs)
-    assert out.output.shape == (1, 2) and ((0 <= out.output) & (out.output <= 1)).all()
+    assert out.output.shape == (1, 2) and ((out.output >= 0) & (out.output <= 1)).all()
 
 
 def test_data_hash_sees_a_changed_window_value(inputs) -> None:
@@ -155,7 +155,7 @@ def test_bad_input_fails_naming_the_fold(inputs, tmp_path) -> None:
         train_expert(
             spec, other.train_market, inputs.train_windows, inputs.fold, models_root=tmp_path
         )
-    with pytest.raises(ValueError, match=r"fold 0 \(short_term\): 49 market bars lie outside"):
+    with pytest.raises(ValueError, match=r"fold 0 \(short_term\): 50 market bars lie outside"):
         train_expert(spec, inputs.market, inputs.train_windows, inputs.fold, models_root=tmp_path)
     with pytest.raises(ValueError, match=r"'test' segment"):
         train_expert(
