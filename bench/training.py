@@ -96,7 +96,8 @@ def main() -> None:
     print(f"  carry / CartPole:       {c_fps / cp_fps:8.2f}x  (target >= 0.9x)")
     print(f"  carry env share:        {c_share:8.1%}   (target < 5 %)")
     print(
-        f"RecurrentPPO on carry:    {r_fps:8,.0f} fps  ({r_fps / c_fps:.2f}x PPO's; env {r_share:.1%})"
+        f"RecurrentPPO on carry:    {r_fps:8,.0f} fps  "
+        f"({r_fps / c_fps:.2f}x PPO's; env {r_share:.1%})"
     )
 
 
