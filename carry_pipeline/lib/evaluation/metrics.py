@@ -107,7 +107,8 @@ def annual_return(equity: np.ndarray, ppy: float) -> float:
     growth = e[-1] / e[0]
     if growth <= 0:
         return -1.0
-    return float(growth ** (ppy / (e.shape[0] - 1)) - 1.0)
+    with np.errstate(over="ignore"):  # a short span of a growing book compounds to inf
+        return float(np.float64(growth) ** (ppy / (e.shape[0] - 1)) - 1.0)
 
 
 def annual_volatility(returns: np.ndarray, ppy: float) -> float:
