@@ -249,10 +249,15 @@ def plan_writes(
     *,
     keep_empty: bool,
 ) -> WritePlan:
-    """Sort the scope's partitions into written, kept (empty, when `keep_empty`) and refused."""
-    refused = {o.partition for o in outcomes if not o.passed}
-    present = set(frame.select(partition_key_of(time_column)).to_series().to_list())
+    """Sort the scope's partitions into written, kept (empty, when `keep_empty`) and refused.
+
+    A failing outcome that names no partition (a check of the whole window) refuses them all.
+    """
     keys = partition_keys(scope)
+    refused = {o.partition for o in outcomes if not o.passed}
+    if None in refused:
+        refused = set(keys)
+    present = set(frame.select(partition_key_of(time_column)).to_series().to_list())
     kept = [k for k in keys if keep_empty and k not in refused and k not in present]
     written = [k for k in keys if k not in refused and k not in kept]
     return WritePlan(written, kept, [k for k in keys if k in refused])
