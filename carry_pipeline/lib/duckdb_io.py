@@ -210,8 +210,9 @@ class CarryDbIOManager(DbIOManager):
     """`DbIOManager` with transactional writes and writes of chosen partitions only.
 
     Args:
-        database: the DuckDB file.
-        resource_config: the IO manager's config (`database`, `connection_config`).
+        resource_config: the IO manager's config (`database`, `connection_config`), used to open
+            the connection of `replace_partitions` (which has no Dagster context to read it from).
+        **kwargs: `DbIOManager`'s arguments (database, schema, type handlers, ...).
     """
 
     def __init__(self, *, resource_config: Mapping[str, Any], **kwargs: Any) -> None:
