@@ -27,6 +27,8 @@ class CheckOutcome:
         description: what was checked, and on failure what went wrong.
         failed_rows: number of offending rows.
         examples: up to `MAX_EXAMPLES` offending rows.
+        partition: the partition key the frame was (`BTC|2024-01-05`), when the caller checks
+            one partition at a time; None otherwise.
     """
 
     name: str
@@ -34,6 +36,7 @@ class CheckOutcome:
     description: str
     failed_rows: int = 0
     examples: pl.DataFrame = field(default_factory=pl.DataFrame)
+    partition: str | None = None
 
 
 def _outcome(name: str, bad: pl.DataFrame, ok_text: str, bad_text: str) -> CheckOutcome:

@@ -1,4 +1,5 @@
-"""Curated mutations of the ingestion write path and of every blocking ingestion check."""
+"""Curated mutations of the ingestion write path (validate before write, per-partition writes,
+kept book partitions, atomic replaces) and of every blocking ingestion check."""
 
 from __future__ import annotations
 
@@ -8,18 +9,94 @@ ASSETS = "carry_pipeline/defs/ingestion/assets.py"
 VALIDATION = "carry_pipeline/lib/validation.py"
 CHECKS = "carry_pipeline/defs/ingestion/checks.py"
 MAIN = "carry_pipeline/main.py"
+DUCKDB_IO = "carry_pipeline/lib/duckdb_io.py"
 BACKFILL = "tests/pipeline/ingestion/test_backfill.py"
+DUCKDB_IO_TESTS = "tests/pipeline/ingestion/test_duckdb_io.py"
+BOOK_TESTS = "tests/pipeline/ingestion/test_order_book_snapshots.py"
+BOOK_RERUN = f"{BOOK_TESTS}::test_rerunning_a_past_book_partition_keeps_the_live_snapshots"
+REPLACE_PARTITIONS = f"{DUCKDB_IO_TESTS}::test_replace_partitions_touches_only_the_named_partitions"
 VALIDATION_TESTS = "tests/pipeline/ingestion/test_validation.py"
 
 MUTATIONS: list[Mutation] = [
     Mutation(
         id="ingestion-write-before-validate",
         path=ASSETS,
-        old="    if refusal is None:\n        yield output()\n",
-        new="    yield output()\n",
+        old="    if not plan.refused:\n        yield output(plan)\n",
+        new="    if True:\n        yield output(plan)\n",
         tests=(BACKFILL,),
         note="The frame is handed to the IO manager even when a partition check fails, so a gap "
         "replaces a good partition.",
+    ),
+    Mutation(
+        id="ingestion-bad-day-blocks-good-days",
+        path=ASSETS,
+        old="    done = _write_passing(context, io_manager, frame, time_column, plan)\n",
+        new="    done = WritePlan([], plan.kept, plan.refused)\n",
+        tests=(BACKFILL,),
+        note="One failing day of a range run writes nothing: the range's good days stay missing.",
+    ),
+    Mutation(
+        id="ingestion-refused-partition-written",
+        path=ASSETS,
+        old="    written = [k for k in keys if k not in refused and k not in kept]\n",
+        new="    written = [k for k in keys if k not in kept]\n",
+        tests=(
+            BACKFILL,
+            "tests/pipeline/ingestion/test_assets.py::test_plan_writes_sorts_the_window",
+        ),
+        note="The bad day of a range is written (and shown materialised) with the good ones.",
+    ),
+    Mutation(
+        id="ingestion-whole-window-failure-refuses-nothing",
+        path=ASSETS,
+        old="    if None in refused:\n        refused = set(keys)\n",
+        new="",
+        tests=("tests/pipeline/ingestion/test_assets.py::test_plan_writes_sorts_the_window",),
+        note="A failing check that names no partition lets every partition be written.",
+    ),
+    Mutation(
+        id="ingestion-empty-book-replaces-live-snapshots",
+        path=ASSETS,
+        old="output, keep_empty=True",
+        new="output, keep_empty=False",
+        tests=(BOOK_RERUN,),
+        note="A past day's order-book partition re-run under ccxt (0 rows) wipes the snapshots "
+        "order_book_snapshot_job collected live.",
+    ),
+    Mutation(
+        id="duckdb-kept-partitions-ignored",
+        path=DUCKDB_IO,
+        old="        keys = [k for k in context.asset_partition_keys if k not in kept]\n",
+        new="        keys = list(context.asset_partition_keys)\n",
+        tests=(BOOK_RERUN,),
+        note="The IO manager deletes the partitions an Output lists in kept_partitions.",
+    ),
+    Mutation(
+        id="duckdb-replace-not-atomic",
+        path=DUCKDB_IO,
+        old="        with _connection(context.resource_config) as con, transaction(con):\n",
+        new="        with _connection(context.resource_config) as con:\n",
+        tests=(
+            f"{DUCKDB_IO_TESTS}::test_a_failing_insert_leaves_the_partition_and_the_table_"
+            "unchanged",
+        ),
+        note="The IO manager's delete autocommits: an insert that raises loses the partition.",
+    ),
+    Mutation(
+        id="duckdb-replace-partitions-not-atomic",
+        path=DUCKDB_IO,
+        old="        with _connection(self._resource_config) as con, transaction(con):\n",
+        new="        with _connection(self._resource_config) as con:\n",
+        tests=(REPLACE_PARTITIONS,),
+        note="A partial-range write's delete autocommits: a failing insert loses the partitions.",
+    ),
+    Mutation(
+        id="duckdb-replace-partitions-clauses-anded",
+        path=DUCKDB_IO,
+        old="""where = " or ".join(clauses)""",
+        new="""where = " and ".join(clauses)""",
+        tests=(REPLACE_PARTITIONS,),
+        note="Replacing two partitions at once deletes neither: their rows are duplicated.",
     ),
     Mutation(
         id="ingestion-partition-delete-scope",

@@ -14,6 +14,7 @@ from dagster_duckdb import DuckDBResource
 from carry_pipeline.defs.ingestion import assets, checks
 from carry_pipeline.defs.ingestion.resources import ExchangeResource
 from carry_pipeline.lib.duckdb_io import CarryDuckDBIOManager, read_table
+from carry_pipeline.lib.validation import CheckOutcome
 
 RAW = [
     assets.raw_spot_ohlcv,
@@ -158,3 +159,42 @@ def test_permanent_error_fails_once_without_retries(tmp_path: Path) -> None:
     assert "BTC/EUR:EUR" in failures[0].step_failure_data.error.message
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert time.perf_counter() - t0 < 10  # RetryPolicy's 10 s delay never ran
+
+
+_DAYS = ("BTC|2024-01-01", "BTC|2024-01-02", "BTC|2024-01-03")
+
+
+@pytest.mark.parametrize(
+    ("failing", "keep_empty", "written", "kept", "refused"),
+    [
+        # Rows on days 1 and 3; day 3 fails: day 2 (no rows) kept only when empty days may be.
+        ("BTC|2024-01-03", True, _DAYS[:1], _DAYS[1:2], _DAYS[2:]),
+        ("BTC|2024-01-03", False, _DAYS[:2], (), _DAYS[2:]),
+        # Nothing fails: every day written (day 2 emptied) unless empty days are kept.
+        (None, False, _DAYS, (), ()),
+        (None, True, _DAYS[::2], _DAYS[1:2], ()),
+        # A failure that names no partition (a whole-window check) refuses every day.
+        ("", False, (), (), _DAYS),
+    ],
+)
+def test_plan_writes_sorts_the_window(
+    failing: str | None,
+    keep_empty: bool,
+    written: tuple[str, ...],
+    kept: tuple[str, ...],
+    refused: tuple[str, ...],
+) -> None:
+    scope = assets.Scope(
+        datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 4, tzinfo=UTC), ["BTC"]
+    )
+    frame = pl.DataFrame(
+        {
+            "ts": [datetime(2024, 1, d, 5, tzinfo=UTC) for d in (1, 3)],
+            "symbol": ["BTC/USDT:USDT", "BTC/USDT"],
+        }
+    )
+    outcomes = [CheckOutcome("a", True, "ok", partition=k) for k in _DAYS]
+    if failing is not None:
+        outcomes.append(CheckOutcome("b", False, "broken", 1, partition=failing or None))
+    plan = assets.plan_writes(frame, scope, "ts", outcomes, keep_empty=keep_empty)
+    assert plan == assets.WritePlan(list(written), list(kept), list(refused))
