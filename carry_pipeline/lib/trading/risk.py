@@ -183,7 +183,7 @@ class RiskManager:
     # ---- state machine ----
     def assess(self, view: BarView) -> list[RiskRecord]:
         """Update the state from this bar's figures; returns the state changes and faults."""
-        c, s = self.config, self._s
+        s = self._s
         self._bar = view
         out: list[RiskRecord] = []
         day = int(view.ts_ns // 86_400_000_000_000)
@@ -475,7 +475,7 @@ class RiskManager:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Continue from `snapshot()`'s values."""
-        d = dict(snap)
+        d = {k: (math.nan if v is None else v) for k, v in snap.items()}  # JSON null = NaN
         d["state"] = RiskState(d["state"])
         self._s = _Latches(**d)
 

@@ -1,0 +1,242 @@
+"""The paper-trading ledger in DuckDB (schema `paper`): every bar in one transaction.
+
+Tables (primary keys in brackets, so a bar booked twice is an error, never a duplicate):
+
+| table | one row per | key |
+|---|---|---|
+| `paper.sessions` | session: seed, start bar, symbols, configs and their hash | session_id |
+| `paper.decisions` | bar: observation digest, expert outputs, gating weights, policy and final action | session_id, bar |
+| `paper.orders` | leg with a planned order: planned qty, risk scale, qty sent | session_id, bar, symbol, leg |
+| `paper.fills` | leg sent: filled and unfilled qty, vwap, mid, fee, costs, the book (JSON) | session_id, bar, symbol, leg |
+| `paper.positions` | asset after the bar: spot, perp, collateral | session_id, bar, symbol |
+| `paper.equity` | bar: equity, cash and the step's cash flows, risk state and its snapshot | session_id, bar |
+| `paper.risk_events` | risk record (decision, denial, state change, feed fault) | session_id, bar, seq |
+| `paper.alerts` | alert (risk state change, feed down) | session_id, bar, seq |
+
+`bar` is the env bar index the decision was taken at; the equity row is marked one bar later.
+`commit_bar` writes all tables of a bar or none (one `BEGIN ... COMMIT`); a process killed mid-bar
+leaves the last committed bar intact, which `replay_bars` returns for the resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+_DDL = """
+create schema if not exists paper;
+create table if not exists paper.sessions (
+    session_id varchar primary key, created_at timestamptz, seed bigint, start_bar integer,
+    symbols varchar, config varchar, config_hash varchar);
+create table if not exists paper.decisions (
+    session_id varchar, bar integer, ts timestamptz, obs_digest varchar, expert_outputs varchar,
+    gating_weights varchar, policy_action varchar, action varchar, risk_state varchar,
+    feed_fault varchar, primary key (session_id, bar));
+create table if not exists paper.orders (
+    session_id varchar, bar integer, symbol varchar, leg varchar, planned_qty double,
+    scale double, sent_qty double, mid double, primary key (session_id, bar, symbol, leg));
+create table if not exists paper.fills (
+    session_id varchar, bar integer, symbol varchar, leg varchar, qty double, unfilled_qty double,
+    vwap double, mid double, fee double, spread_cost double, impact_cost double,
+    levels_used integer, book varchar, primary key (session_id, bar, symbol, leg));
+create table if not exists paper.positions (
+    session_id varchar, bar integer, symbol varchar, spot_qty double, perp_qty double,
+    collateral double, primary key (session_id, bar, symbol));
+create table if not exists paper.equity (
+    session_id varchar, bar integer, ts timestamptz, equity double, cash double,
+    funding_pnl double, price_pnl double, fees double, slippage double, borrow_cost double,
+    liquidation_loss double, insurance_fund double, margin_ratio double, drawdown double,
+    leverage double, risk_state varchar, risk_snapshot varchar, primary key (session_id, bar));
+create table if not exists paper.risk_events (
+    session_id varchar, bar integer, seq integer, kind varchar, rule varchar, symbol varchar,
+    state varchar, reason varchar, figures varchar, primary key (session_id, bar, seq));
+create table if not exists paper.alerts (
+    session_id varchar, bar integer, seq integer, kind varchar, message varchar,
+    figures varchar, primary key (session_id, bar, seq));
+"""
+
+TABLES = (
+    "sessions",
+    "decisions",
+    "orders",
+    "fills",
+    "positions",
+    "equity",
+    "risk_events",
+    "alerts",
+)
+
+
+def to_json(value: Any) -> str:
+    """JSON with NaN and infinities as null (JSON has neither)."""
+    return json.dumps(_clean(value), sort_keys=True)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    if hasattr(v, "tolist"):
+        return _clean(v.tolist())
+    return v
+
+
+@dataclass
+class BarRecord:
+    """Every row of one bar, as tuples in each table's column order (after session_id)."""
+
+    bar: int
+    decision: tuple[Any, ...]
+    equity: tuple[Any, ...]
+    orders: list[tuple[Any, ...]] = field(default_factory=list)
+    fills: list[tuple[Any, ...]] = field(default_factory=list)
+    positions: list[tuple[Any, ...]] = field(default_factory=list)
+    risk_events: list[tuple[Any, ...]] = field(default_factory=list)
+    alerts: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReplayBar:
+    """A committed bar as the resume needs it: the final action, the fills and the risk snapshot.
+
+    Attributes:
+        bar: env bar index.
+        action: final action per asset (NaN = hold).
+        fills: `(symbol, leg, qty, fee, spread_cost, impact_cost)` in the order they were booked.
+        planned: `(symbol, leg, planned_qty)` of the bar's orders.
+        risk_snapshot: the risk manager's latches after the bar.
+    """
+
+    bar: int
+    action: list[float]
+    fills: list[tuple[str, str, float, float, float, float]]
+    planned: list[tuple[str, str, float]]
+    risk_snapshot: dict[str, Any]
+
+
+class Ledger:
+    """The `paper` schema of one DuckDB file, opened for writing.
+
+    Args:
+        path: the DuckDB file (created if absent).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.con = duckdb.connect(self.path)
+        self.con.execute(_DDL)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.con.close()
+
+    def open_session(
+        self, session_id: str, seed: int, start_bar: int, symbols: tuple[str, ...],
+        config: dict[str, Any], created_at: Any,
+    ) -> None:
+        """Register a session, or check that a resumed one has the same seed, start and config.
+
+        Raises:
+            ValueError: the session exists with another configuration (a resume must not change
+                what it replays).
+        """
+        digest = hashlib.sha256(to_json([seed, start_bar, symbols, config]).encode()).hexdigest()
+        row = self.con.execute(
+            "select config_hash from paper.sessions where session_id = ?", [session_id]
+        ).fetchone()
+        if row is None:
+            self.con.execute(
+                "insert into paper.sessions values (?, ?, ?, ?, ?, ?, ?)",
+                [session_id, created_at, seed, start_bar, to_json(symbols), to_json(config), digest],
+            )
+        elif row[0] != digest:
+            raise ValueError(
+                f"paper session {session_id!r} exists in {self.path} with config hash {row[0][:12]}; "
+                f"this run has {digest[:12]} (seed, start bar, symbols or config changed). Use a new "
+                "session_id."
+            )
+
+    def commit_bar(self, session_id: str, rec: BarRecord) -> None:
+        """Write every table of one bar in a single transaction (all or nothing)."""
+        con = self.con
+        con.execute("begin transaction")
+        try:
+            con.execute(
+                "insert into paper.decisions values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [session_id, rec.bar, *rec.decision],
+            )
+            con.execute(
+                "insert into paper.equity values (" + ", ".join(["?"] * 17) + ")",
+                [session_id, rec.bar, *rec.equity],
+            )
+            for table, rows, width in (
+                ("orders", rec.orders, 8),
+                ("fills", rec.fills, 13),
+                ("positions", rec.positions, 6),
+                ("risk_events", rec.risk_events, 9),
+                ("alerts", rec.alerts, 6),
+            ):
+                if rows:
+                    con.executemany(
+                        f"insert into paper.{table} values ({', '.join(['?'] * width)})",
+                        [[session_id, rec.bar, *r] for r in rows],
+                    )
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+
+    def committed_bars(self, session_id: str) -> list[int]:
+        """Bars committed for the session, ascending."""
+        rows = self.con.execute(
+            "select bar from paper.equity where session_id = ? order by bar", [session_id]
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def replay_bars(self, session_id: str) -> list[ReplayBar]:
+        """Every committed bar with its action, fills, planned orders and risk snapshot.
+
+        Raises:
+            ValueError: the committed bars are not contiguous (the ledger was edited by hand).
+        """
+        con = self.con
+        heads = con.execute(
+            "select d.bar, d.action, e.risk_snapshot from paper.decisions d join paper.equity e "
+            "using (session_id, bar) where session_id = ? order by bar",
+            [session_id],
+        ).fetchall()
+        bars = [h[0] for h in heads]
+        if bars and bars != list(range(bars[0], bars[0] + len(bars))):
+            raise ValueError(f"paper session {session_id!r}: committed bars are not contiguous")
+        fills: dict[int, list[tuple[str, str, float, float, float, float]]] = {b: [] for b in bars}
+        for r in con.execute(
+            "select bar, symbol, leg, qty, fee, spread_cost, impact_cost from paper.fills "
+            "where session_id = ? order by bar, symbol, leg desc",
+            [session_id],
+        ).fetchall():
+            fills[r[0]].append(tuple(r[1:]))  # type: ignore[arg-type]
+        planned: dict[int, list[tuple[str, str, float]]] = {b: [] for b in bars}
+        for r in con.execute(
+            "select bar, symbol, leg, planned_qty from paper.orders where session_id = ?",
+            [session_id],
+        ).fetchall():
+            planned[r[0]].append(tuple(r[1:]))  # type: ignore[arg-type]
+        return [
+            ReplayBar(
+                b,
+                [math.nan if x is None else x for x in json.loads(a)],
+                fills[b],
+                planned[b],
+                json.loads(s),
+            )
+            for b, a, s in heads
+        ]
