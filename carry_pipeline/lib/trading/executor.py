@@ -54,8 +54,8 @@ class TakerFees:
         """
         if config.maker_fraction > 0.0:
             raise ValueError(
-                f"EnvConfig.maker_fraction={config.maker_fraction} models resting limit orders; the "
-                "paper executor sends market orders, which always pay the taker fee. Use "
+                f"EnvConfig.maker_fraction={config.maker_fraction} models resting limit orders; "
+                "the paper executor sends market orders, which always pay the taker fee. Use "
                 "maker_fraction=0 for a paper session (and its backtest)."
             )
         if not config.fees:
@@ -113,7 +113,8 @@ class BookExecutor:
         symbols: the env's symbols, in its asset order.
         books: the book source.
         fees: taker fee rates (`TakerFees.from_env_config(config)`).
-        fee_basis: "fill" (fee on executed notional, the exchange's rule) or "mid" (`SimExecutor`'s).
+        fee_basis: "fill" (fee on executed notional, the exchange's rule) or "mid"
+            (`SimExecutor`'s convention).
     """
 
     def __init__(

@@ -2,16 +2,16 @@
 
 Tables (primary keys in brackets, so a bar booked twice is an error, never a duplicate):
 
-| table | one row per | key |
+| table | one row per | key after session_id |
 |---|---|---|
-| `paper.sessions` | session: seed, start bar, symbols, configs and their hash | session_id |
-| `paper.decisions` | bar: observation digest, expert outputs, gating weights, policy and final action | session_id, bar |
-| `paper.orders` | leg with a planned order: planned qty, risk scale, qty sent | session_id, bar, symbol, leg |
-| `paper.fills` | leg sent: filled and unfilled qty, vwap, mid, fee, costs, the book (JSON) | session_id, bar, symbol, leg |
-| `paper.positions` | asset after the bar: spot, perp, collateral | session_id, bar, symbol |
-| `paper.equity` | bar: equity, cash and the step's cash flows, risk state and its snapshot | session_id, bar |
-| `paper.risk_events` | risk record (decision, denial, state change, feed fault) | session_id, bar, seq |
-| `paper.alerts` | alert (risk state change, feed down) | session_id, bar, seq |
+| `paper.sessions` | session: seed, start bar, symbols, configs, their hash | - |
+| `paper.decisions` | bar: obs digest, expert outputs, gating weights, actions | bar |
+| `paper.orders` | leg with a planned order: planned qty, risk scale, qty sent | bar, symbol, leg |
+| `paper.fills` | leg sent: filled/unfilled qty, vwap, mid, fee, costs, book | bar, symbol, leg |
+| `paper.positions` | asset after the bar: spot, perp, collateral | bar, symbol |
+| `paper.equity` | bar: equity, cash, the step's cash flows, risk state + snapshot | bar |
+| `paper.risk_events` | risk record (decision, denial, state change, feed fault) | bar, seq |
+| `paper.alerts` | alert (risk state change, feed down) | bar, seq |
 
 `bar` is the env bar index the decision was taken at; the equity row is marked one bar later.
 `commit_bar` writes all tables of a bar or none (one `BEGIN ... COMMIT`); a process killed mid-bar
@@ -30,7 +30,6 @@ from typing import Any
 import duckdb
 
 _DDL = """
-create schema if not exists paper;
 create table if not exists paper.sessions (
     session_id varchar primary key, created_at timestamptz, seed bigint, start_bar integer,
     symbols varchar, config varchar, config_hash varchar);
@@ -133,15 +132,30 @@ class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self.con = duckdb.connect(self.path)
-        self.con.execute(_DDL)
+        # Qualify every table with the file's catalog: a file named paper.duckdb has a catalog
+        # "paper" that an unqualified `paper.x` would make ambiguous with the schema.
+        catalog = self.con.execute("select current_database()").fetchone()[0]  # type: ignore[index]
+        quoted = '"' + str(catalog).replace('"', '""') + '"'
+        self._prefix = f"{quoted}.paper."
+        self.con.execute(f"create schema if not exists {quoted}.paper")
+        self._sql(_DDL)
+
+    def _sql(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
+        # Run `sql` with `paper.` qualified by the catalog.
+        return self.con.execute(sql.replace("paper.", self._prefix), params)
 
     def close(self) -> None:
         """Close the connection."""
         self.con.close()
 
     def open_session(
-        self, session_id: str, seed: int, start_bar: int, symbols: tuple[str, ...],
-        config: dict[str, Any], created_at: Any,
+        self,
+        session_id: str,
+        seed: int,
+        start_bar: int,
+        symbols: tuple[str, ...],
+        config: dict[str, Any],
+        created_at: Any,
     ) -> None:
         """Register a session, or check that a resumed one has the same seed, start and config.
 
@@ -150,31 +164,40 @@ class Ledger:
                 what it replays).
         """
         digest = hashlib.sha256(to_json([seed, start_bar, symbols, config]).encode()).hexdigest()
-        row = self.con.execute(
+        row = self._sql(
             "select config_hash from paper.sessions where session_id = ?", [session_id]
         ).fetchone()
         if row is None:
-            self.con.execute(
+            self._sql(
                 "insert into paper.sessions values (?, ?, ?, ?, ?, ?, ?)",
-                [session_id, created_at, seed, start_bar, to_json(symbols), to_json(config), digest],
+                [
+                    session_id,
+                    created_at,
+                    seed,
+                    start_bar,
+                    to_json(symbols),
+                    to_json(config),
+                    digest,
+                ],
             )
         elif row[0] != digest:
             raise ValueError(
-                f"paper session {session_id!r} exists in {self.path} with config hash {row[0][:12]}; "
-                f"this run has {digest[:12]} (seed, start bar, symbols or config changed). Use a new "
-                "session_id."
+                f"paper session {session_id!r} exists in {self.path} with config hash "
+                f"{row[0][:12]}; this run has {digest[:12]} (seed, start bar, symbols or config "
+                "changed). Use a new session_id."
             )
 
     def commit_bar(self, session_id: str, rec: BarRecord) -> None:
         """Write every table of one bar in a single transaction (all or nothing)."""
         con = self.con
         con.execute("begin transaction")
+        run = self._sql
         try:
-            con.execute(
+            run(
                 "insert into paper.decisions values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [session_id, rec.bar, *rec.decision],
             )
-            con.execute(
+            run(
                 "insert into paper.equity values (" + ", ".join(["?"] * 17) + ")",
                 [session_id, rec.bar, *rec.equity],
             )
@@ -187,7 +210,7 @@ class Ledger:
             ):
                 if rows:
                     con.executemany(
-                        f"insert into paper.{table} values ({', '.join(['?'] * width)})",
+                        f"insert into {self._prefix}{table} values ({', '.join(['?'] * width)})",
                         [[session_id, rec.bar, *r] for r in rows],
                     )
             con.execute("commit")
@@ -197,7 +220,7 @@ class Ledger:
 
     def committed_bars(self, session_id: str) -> list[int]:
         """Bars committed for the session, ascending."""
-        rows = self.con.execute(
+        rows = self._sql(
             "select bar from paper.equity where session_id = ? order by bar", [session_id]
         ).fetchall()
         return [r[0] for r in rows]
@@ -208,8 +231,8 @@ class Ledger:
         Raises:
             ValueError: the committed bars are not contiguous (the ledger was edited by hand).
         """
-        con = self.con
-        heads = con.execute(
+        con = self
+        heads = con._sql(
             "select d.bar, d.action, e.risk_snapshot from paper.decisions d join paper.equity e "
             "using (session_id, bar) where session_id = ? order by bar",
             [session_id],
@@ -218,14 +241,14 @@ class Ledger:
         if bars and bars != list(range(bars[0], bars[0] + len(bars))):
             raise ValueError(f"paper session {session_id!r}: committed bars are not contiguous")
         fills: dict[int, list[tuple[str, str, float, float, float, float]]] = {b: [] for b in bars}
-        for r in con.execute(
+        for r in con._sql(
             "select bar, symbol, leg, qty, fee, spread_cost, impact_cost from paper.fills "
             "where session_id = ? order by bar, symbol, leg desc",
             [session_id],
         ).fetchall():
             fills[r[0]].append(tuple(r[1:]))  # type: ignore[arg-type]
         planned: dict[int, list[tuple[str, str, float]]] = {b: [] for b in bars}
-        for r in con.execute(
+        for r in con._sql(
             "select bar, symbol, leg, planned_qty from paper.orders where session_id = ?",
             [session_id],
         ).fetchall():

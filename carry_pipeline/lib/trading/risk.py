@@ -330,9 +330,11 @@ class RiskManager:
         c = self.config
         dq_s, dq_p = orders.spot_qty[0], orders.perp_qty[0]
         s, p = orders.spot_price[0], orders.perp_price[0]
-        gross = lambda i, f: (
-            abs(spot_pos[i] + f * dq_s[i]) * s[i] + abs(perp_pos[i] + f * dq_p[i]) * p[i]
-        )  # noqa: E731,E501
+
+        def gross(i: int, f: float) -> float:
+            # Gross notional of asset i after a share f of its order.
+            return abs(spot_pos[i] + f * dq_s[i]) * s[i] + abs(perp_pos[i] + f * dq_p[i]) * p[i]
+
         n = len(self.symbols)
         active = [i for i in range(n) if dq_s[i] != 0.0 or dq_p[i] != 0.0]
         adds = [i for i in active if gross(i, 1.0) > gross(i, 0.0) * (1 + 1e-12)]

@@ -1,5 +1,5 @@
-"""`run_paper_session`: feed -> observation -> policy.predict -> risk manager -> executor -> env step
--> ledger, one bar at a time, resumable after a crash.
+"""`run_paper_session`: feed -> observation -> policy.predict -> risk manager -> executor -> env
+step -> ledger, one bar at a time, resumable after a crash.
 
 The env is the training and backtest env (`CarryTradeEnv`); only its feed (`PaperFeed`) and
 executor (`RiskGate` around `BookExecutor`, behind `_ResumingExecutor`) differ. On start the
@@ -222,7 +222,9 @@ def run_paper_session(
     ended = False
     replay = ledger.replay_bars(spec.session_id)
     if replay and replay[0].bar != spec.start:
-        raise RuntimeError(f"ledger of {spec.session_id!r} starts at bar {replay[0].bar}, not {spec.start}")
+        raise RuntimeError(
+            f"ledger of {spec.session_id!r} starts at bar {replay[0].bar}, not {spec.start}"
+        )
     for rb in replay:
         executor.replay = rb
         obs, _, term, trunc, info = env.step(np.asarray(rb.action))
@@ -267,8 +269,22 @@ def run_paper_session(
         ended = term or trunc
         records += gate.records
         alerts = _alerts(t, state_before, manager, records, faults, spec.risk_config)
-        rec = _bar_record(t, market, view, obs_digest, explain, policy_action, action, manager,
-                          records, alerts, gate, book_ex, info, symbols)
+        rec = _bar_record(
+            t,
+            market,
+            view,
+            obs_digest,
+            explain,
+            policy_action,
+            action,
+            manager,
+            records,
+            alerts,
+            gate,
+            book_ex,
+            info,
+            symbols,
+        )
         ledger.commit_bar(spec.session_id, rec)
         new += 1
         if on_commit is not None:
@@ -289,7 +305,11 @@ def _poll(feed: PaperFeed, t: int) -> str:
 
 
 def _alerts(
-    bar: int, before: Any, manager: RiskManager, records: list[RiskRecord], faults: int,
+    bar: int,
+    before: Any,
+    manager: RiskManager,
+    records: list[RiskRecord],
+    faults: int,
     config: RiskConfig,
 ) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
@@ -297,40 +317,83 @@ def _alerts(
         if r.kind == "state_change":
             out.append(("risk_state", r.reason, to_json({"rule": r.rule, **r.figures})))
     if faults == config.feed_down_alert_bars:
-        out.append(("feed_down", f"feed faulty for {faults} bars in a row", to_json({"bars": faults})))
+        out.append(
+            ("feed_down", f"feed faulty for {faults} bars in a row", to_json({"bars": faults}))
+        )
     return [(j, *a) for j, a in enumerate(out)]
 
 
 def _bar_record(
-    t: int, market: MarketData, view: BarView, obs_digest: str, explain: dict[str, Any],
-    policy_action: np.ndarray, action: np.ndarray, manager: RiskManager,
-    records: list[RiskRecord], alerts: list[tuple[Any, ...]], gate: RiskGate,
-    book_ex: BookExecutor, info: dict[str, Any], symbols: tuple[str, ...],
+    t: int,
+    market: MarketData,
+    view: BarView,
+    obs_digest: str,
+    explain: dict[str, Any],
+    policy_action: np.ndarray,
+    action: np.ndarray,
+    manager: RiskManager,
+    records: list[RiskRecord],
+    alerts: list[tuple[Any, ...]],
+    gate: RiskGate,
+    book_ex: BookExecutor,
+    info: dict[str, Any],
+    symbols: tuple[str, ...],
 ) -> BarRecord:
     ts = _utc(int(market.ts[t]))
     decision = (
-        ts, obs_digest, to_json(explain.get("expert_outputs")),
-        to_json(explain.get("gating_weights")), to_json(policy_action), to_json(action),
-        str(manager.state), view.feed_fault,
+        ts,
+        obs_digest,
+        to_json(explain.get("expert_outputs")),
+        to_json(explain.get("gating_weights")),
+        to_json(policy_action),
+        to_json(action),
+        str(manager.state),
+        view.feed_fault,
     )
     mark_ts = _utc(int(market.ts[min(t + 1, market.n_bars - 1)]))
     equity = (
-        mark_ts, info["equity"], info["cash"], info["funding_pnl"], info["price_pnl"],
-        info["fees"], info["slippage"], info["borrow_cost"], info["liquidation_loss"],
-        info["insurance_fund"], info["margin_ratio"] if math.isfinite(info["margin_ratio"]) else None,
-        info["drawdown"], info["leverage"], str(manager.state), to_json(manager.snapshot()),
+        mark_ts,
+        info["equity"],
+        info["cash"],
+        info["funding_pnl"],
+        info["price_pnl"],
+        info["fees"],
+        info["slippage"],
+        info["borrow_cost"],
+        info["liquidation_loss"],
+        info["insurance_fund"],
+        info["margin_ratio"] if math.isfinite(info["margin_ratio"]) else None,
+        info["drawdown"],
+        info["leverage"],
+        str(manager.state),
+        to_json(manager.snapshot()),
     )
     orders = []
     if gate.planned is not None and gate.scale is not None:
         for i, s in enumerate(symbols):
-            for leg, q, mid in (("spot", gate.planned.spot_qty, gate.planned.spot_price),
-                                ("perp", gate.planned.perp_qty, gate.planned.perp_price)):
+            for leg, q, mid in (
+                ("spot", gate.planned.spot_qty, gate.planned.spot_price),
+                ("perp", gate.planned.perp_qty, gate.planned.perp_price),
+            ):
                 if q[0, i] != 0.0:
                     sc = float(gate.scale[i])
-                    orders.append((s, leg, float(q[0, i]), sc, float(q[0, i]) * sc, float(mid[0, i])))
+                    orders.append(
+                        (s, leg, float(q[0, i]), sc, float(q[0, i]) * sc, float(mid[0, i]))
+                    )
     fills = [
-        (f.symbol, f.leg, f.filled_qty, f.unfilled_qty, f.vwap if f.filled_qty else None, f.mid,
-         f.fee, f.spread_cost, f.impact_cost, f.levels_used, to_json(f.book.to_record()))
+        (
+            f.symbol,
+            f.leg,
+            f.filled_qty,
+            f.unfilled_qty,
+            f.vwap if f.filled_qty else None,
+            f.mid,
+            f.fee,
+            f.spread_cost,
+            f.impact_cost,
+            f.levels_used,
+            to_json(f.book.to_record()),
+        )
         for f in book_ex.last_legs
     ]
     positions = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,21 @@ SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT")
 ENV_CONFIG = EnvConfig()
 # Wide limits: the session tests look at the loop and the ledger, the risk tests at the rules.
 WIDE_RISK = RiskConfig(
-    max_notional_per_asset_usd=1e7, max_total_notional_usd=1e8, max_leverage=10.0,
-    min_margin_buffer=0.01, max_depth_fraction=0.9, daily_loss_limit=0.5, max_losing_bars=10_000,
-    sharp_move=0.9, max_drawdown=0.9,
+    max_notional_per_asset_usd=1e7,
+    max_total_notional_usd=1e8,
+    max_leverage=10.0,
+    min_margin_buffer=0.01,
+    max_depth_fraction=0.9,
+    daily_loss_limit=0.5,
+    max_losing_bars=10_000,
+    sharp_move=0.9,
+    max_drawdown=0.9,
 )
 
 
+@lru_cache(maxsize=1)
 def make_market() -> MarketData:
-    """Three simulated days of hourly bars (seed 5)."""
+    """Three simulated days of hourly bars (seed 5); cached, so forked workers inherit it."""
     return MarketData.from_frame(simulate_market(SYMBOLS, "2024-03-01", "2024-03-04", "1h", seed=5))
 
 
@@ -43,8 +51,13 @@ class FundingPolicy:
     def __init__(self, observation_names: list[str]) -> None:
         self.idx = [observation_names.index(f"{s}:funding_bp") for s in SYMBOLS]
 
-    def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
-                deterministic: bool = True) -> tuple[np.ndarray, Any]:
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]:
         f = observation[self.idx]
         return np.where(f > 0.0, 0.8, -0.3).astype(np.float32), state
 
@@ -59,9 +72,15 @@ def observation_names(market: MarketData) -> list[str]:
     return names(market.symbols, market.feature_names, ENV_CONFIG.expert_context_dim)
 
 
-def run_session(db: Path | str, *, feed: PaperFeed | None = None, max_bars: int | None = None,
-                on_commit: Any = None, risk: RiskConfig = WIDE_RISK,
-                session_id: str = "s1") -> SessionResult:
+def run_session(
+    db: Path | str,
+    *,
+    feed: PaperFeed | None = None,
+    max_bars: int | None = None,
+    on_commit: Any = None,
+    risk: RiskConfig = WIDE_RISK,
+    session_id: str = "s1",
+) -> SessionResult:
     """Run (or resume) the shared session into the DuckDB file `db`."""
     market = feed.market if feed is not None else make_market()
     ledger = Ledger(db)

@@ -16,7 +16,6 @@ from carry_pipeline.lib.trading.books import ModelBookSource
 from carry_pipeline.lib.trading.ledger import Ledger
 from carry_pipeline.lib.trading.session import ReplayFeed, SessionSpec, run_paper_session
 from tests.pipeline.trading.session_setup import (
-    ENV_CONFIG,
     WIDE_RISK,
     FundingPolicy,
     make_market,
@@ -63,13 +62,18 @@ def test_paper_session_equals_the_backtest_of_the_same_bars(tmp_path: Path) -> N
     )
     ledger.close()
     assert (result.new_bars, result.last_bar) == (n, n - 1)
-    paper = rows(tmp_path / "p.duckdb", "select equity, cash, fees, slippage from paper.equity "
-                 "where session_id = 'parity' order by bar")
+    paper = rows(
+        tmp_path / "p.duckdb",
+        "select equity, cash, fees, slippage from paper.equity "
+        "where session_id = 'parity' order by bar",
+    )
     sim = backtest(market, cfg, n)
     assert sum(i["fees"] > 0 for i in sim) >= 2  # it traded
     np.testing.assert_allclose(
-        np.array(paper), [[i[k] for k in ("equity", "cash", "fees", "slippage")] for i in sim],
-        rtol=1e-10, atol=1e-7,
+        np.array(paper),
+        [[i[k] for k in ("equity", "cash", "fees", "slippage")] for i in sim],
+        rtol=1e-10,
+        atol=1e-7,
     )
 
 
@@ -77,15 +81,19 @@ def test_ledger_rows_of_a_session(tmp_path: Path) -> None:
     db = tmp_path / "p.duckdb"
     result = run_session(db, max_bars=30)
     assert result.new_bars == 30
-    counts = {t: rows(db, f"select count(*) from paper.{t}")[0][0]
-              for t in ("sessions", "decisions", "equity", "positions", "orders", "fills")}
+    counts = {
+        t: rows(db, f"select count(*) from paper.{t}")[0][0]
+        for t in ("sessions", "decisions", "equity", "positions", "orders", "fills")
+    }
     assert counts["sessions"] == 1
     assert counts["decisions"] == counts["equity"] == 30
     assert counts["positions"] == 60  # two assets per bar
     assert counts["fills"] == counts["orders"] > 0
     (digest, experts, weights, action) = rows(
-        db, "select obs_digest, expert_outputs, gating_weights, action from paper.decisions "
-        "where bar = 0")[0]
+        db,
+        "select obs_digest, expert_outputs, gating_weights, action from paper.decisions "
+        "where bar = 0",
+    )[0]
     assert len(digest) == 64 and json.loads(weights) == {"funding": 1.0}
     assert json.loads(experts)["funding"] == pytest.approx(json.loads(action))
     book = json.loads(rows(db, "select book from paper.fills order by bar limit 1")[0][0])
@@ -94,8 +102,12 @@ def test_ledger_rows_of_a_session(tmp_path: Path) -> None:
     fills = rows(db, "select bar, symbol, leg, qty from paper.fills")
     pos = rows(db, "select symbol, spot_qty, perp_qty from paper.positions where bar = 29")
     for symbol, spot, perp in pos:
-        assert spot == pytest.approx(sum(q for _, s, leg, q in fills if (s, leg) == (symbol, "spot")))
-        assert perp == pytest.approx(sum(q for _, s, leg, q in fills if (s, leg) == (symbol, "perp")))
+        assert spot == pytest.approx(
+            sum(q for _, s, leg, q in fills if (s, leg) == (symbol, "spot"))
+        )
+        assert perp == pytest.approx(
+            sum(q for _, s, leg, q in fills if (s, leg) == (symbol, "perp"))
+        )
 
 
 class FlakyFeed(ReplayFeed):
@@ -111,8 +123,9 @@ def test_a_feed_that_raises_for_three_bars_holds_and_recovers(tmp_path: Path) ->
     db = tmp_path / "p.duckdb"
     result = run_session(db, feed=FlakyFeed(make_market()), max_bars=12)
     assert result.new_bars == 12  # never crashed
-    faults = rows(db, "select bar, reason from paper.risk_events where kind = 'feed_fault' "
-                  "order by bar")
+    faults = rows(
+        db, "select bar, reason from paper.risk_events where kind = 'feed_fault' order by bar"
+    )
     assert [b for b, _ in faults] == [5, 6, 7]
     assert "TimeoutError: binance GET" in faults[0][1]
     held = rows(db, "select bar, action from paper.decisions where feed_fault <> '' order by bar")
@@ -156,3 +169,10 @@ def test_a_resumed_session_continues_where_it_stopped(tmp_path: Path) -> None:
     whole = run_session(tmp_path / "q.duckdb", max_bars=25)
     assert second.equity == whole.equity  # bit for bit
     assert first.last_bar == 9
+
+
+def test_ledger_in_a_file_named_paper_duckdb(tmp_path: Path) -> None:
+    # The file's catalog is then "paper", like the schema; the ledger qualifies its tables.
+    result = run_session(tmp_path / "paper.duckdb", max_bars=2)
+    assert result.new_bars == 2
+    assert rows(tmp_path / "paper.duckdb", "select count(*) from paper.paper.equity") == [(2,)]
