@@ -477,7 +477,7 @@ class RiskManager:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Continue from `snapshot()`'s values."""
-        d = {k: (math.nan if v is None else v) for k, v in snap.items()}  # JSON null = NaN
+        d: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in snap.items()}  # null=NaN
         d["state"] = RiskState(d["state"])
         self._s = _Latches(**d)
 
