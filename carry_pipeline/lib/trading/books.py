@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+import polars as pl
 
 from carry_env.config import EnvConfig
 from carry_pipeline.lib.exchanges.base import BookSummary
@@ -225,7 +226,7 @@ class SimulatedExchangeBooks:
         exchange: a `SimulatedExchange` (or any client with its `fetch_order_book`).
         clock: returns the paper session's current time (UTC); the latest snapshot at or before it
             is used.
-        lookback: how far back a snapshot may be (the exchange's snapshot interval).
+        lookback: the exchange's snapshot interval; the snapshot used is at most two of them old.
         levels_per_band: levels per depth band in the ladder.
     """
 
@@ -245,16 +246,20 @@ class SimulatedExchangeBooks:
         """The latest snapshot of `symbol`'s leg at the clock, as a ladder (`reference` unused).
 
         Raises:
-            LookupError: the exchange has no snapshot in `(now - lookback, now]`.
+            LookupError: the exchange has no snapshot in that window.
         """
         now: datetime = self.clock()
         base = symbol.split("/")[0]
         venue_symbol = f"{base}/USDT" if leg == "spot" else f"{base}/USDT:USDT"
-        frame = self.exchange.fetch_order_book(
-            venue_symbol, leg, now - self.lookback, now + timedelta(microseconds=1)
-        )
+        # The simulator serves windows on its snapshot grid: fetch from one step before the step
+        # containing `now` to the step after it, then keep ts <= now.
+        step = self.lookback.total_seconds()
+        start = datetime.fromtimestamp((now.timestamp() // step - 1) * step, tz=now.tzinfo)
+        end = datetime.fromtimestamp((now.timestamp() // step + 1) * step, tz=now.tzinfo)
+        frame = self.exchange.fetch_order_book(venue_symbol, leg, start, end)
+        frame = frame.filter(pl.col("ts") <= now)
         if frame.height == 0:
-            raise LookupError(f"no {leg} order book for {symbol} in ({now - self.lookback}, {now}]")
+            raise LookupError(f"no {leg} order book for {symbol} in [{start}, {now}]")
         row = frame.sort("ts").row(-1, named=True)
         summary = BookSummary(
             row["best_bid"],

@@ -180,6 +180,11 @@ class RiskManager:
         """The current state."""
         return self._s.state
 
+    @property
+    def halt_rule(self) -> str:
+        """The rule that halted trading ("" unless HALTED)."""
+        return self._s.halt_rule
+
     # ---- state machine ----
     def assess(self, view: BarView) -> list[RiskRecord]:
         """Update the state from this bar's figures; returns the state changes and faults."""

@@ -34,7 +34,14 @@ from carry_env.market import MarketData
 from carry_pipeline.lib.trading.books import BookSource
 from carry_pipeline.lib.trading.executor import BookExecutor, FeeBasis, TakerFees
 from carry_pipeline.lib.trading.ledger import BarRecord, Ledger, ReplayBar, to_json
-from carry_pipeline.lib.trading.risk import BarView, RiskConfig, RiskGate, RiskManager, RiskRecord
+from carry_pipeline.lib.trading.risk import (
+    BarView,
+    RiskConfig,
+    RiskGate,
+    RiskManager,
+    RiskRecord,
+    RiskState,
+)
 
 
 @runtime_checkable
@@ -261,6 +268,17 @@ def run_paper_session(
             if hasattr(policy, "explain"):
                 explain = dict(policy.explain(obs))
         action = manager.action_override(policy_action) if not reason else policy_action
+        if not reason and manager.state is RiskState.HALTED:
+            records.append(
+                RiskRecord(
+                    t,
+                    "flatten",
+                    manager.halt_rule or "risk_state",
+                    "HALTED: every target set to 0 (flatten)",
+                    manager.state,
+                    {"policy_action": policy_action.tolist()},
+                )
+            )
         gate.account = (float(info["equity"]), info["spot_qty"].copy(), info["perp_qty"].copy())
         gate.records, gate.planned, gate.scale = [], None, None
         book_ex.last_legs = []

@@ -90,3 +90,27 @@ def test_ladder_reproduces_the_summary_depths() -> None:
     assert back.ask_depth_10bps_usd == pytest.approx(8e5, rel=1e-9)
     assert back.bid_depth_50bps_usd == pytest.approx(3.6e6, rel=1e-9)
     assert back.ask_depth_50bps_usd == pytest.approx(2.9e6, rel=1e-9)
+
+
+def test_simulated_exchange_books_are_its_latest_snapshot() -> None:
+    from datetime import UTC, datetime
+
+    from carry_pipeline.lib.exchanges.simulated import SimulatedExchange
+    from carry_pipeline.lib.trading.books import SimulatedExchangeBooks
+
+    now = datetime(2024, 3, 1, 5, 30, tzinfo=UTC)
+    ex = SimulatedExchange(seed=2, clock=lambda: now)
+    src = SimulatedExchangeBooks(ex, clock=lambda: now, levels_per_band=3)
+    book = src.order_book("BTC/USDT:USDT", "perp", Quote(1.0, 1.0, 1.0))  # reference unused
+    snap = ex.fetch_order_book(
+        "BTC/USDT:USDT",
+        "perp",
+        datetime(2024, 3, 1, 4, tzinfo=UTC),
+        datetime(2024, 3, 1, 6, tzinfo=UTC),
+    )  # the exchange serves snapshots up to its clock: the last one is 05:00
+    row = snap.row(-1, named=True)
+    assert row["ts"] == datetime(2024, 3, 1, 5, tzinfo=UTC)
+    assert (book.bids[0, 0], book.asks[0, 0]) == (row["best_bid"], row["best_ask"])
+    back = reduce_order_book(book.bids, book.asks)
+    assert back.ask_depth_50bps_usd == pytest.approx(row["ask_depth_50bps_usd"], rel=1e-9)
+    assert book.source == "simulated"

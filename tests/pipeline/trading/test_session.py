@@ -176,3 +176,24 @@ def test_ledger_in_a_file_named_paper_duckdb(tmp_path: Path) -> None:
     result = run_session(tmp_path / "paper.duckdb", max_bars=2)
     assert result.new_bars == 2
     assert rows(tmp_path / "paper.duckdb", "select count(*) from paper.paper.equity") == [(2,)]
+
+
+def test_emergency_flag_flattens_the_book_in_a_session(tmp_path: Path) -> None:
+    # The flag file exists from bar 10: the session records the halt, sets every target to 0,
+    # the env closes both assets and holds nothing afterwards.
+    from carry_pipeline.lib.trading.risk import RiskConfig
+
+    flag = tmp_path / "FLATTEN"
+    risk = RiskConfig(**{**vars(WIDE_RISK), "flatten_flag_path": str(flag)})
+    db = tmp_path / "p.duckdb"
+    run_session(db, max_bars=10, risk=risk)
+    flag.touch()
+    run_session(db, max_bars=14, risk=risk)
+    (state,) = rows(db, "select state from paper.risk_events where kind = 'state_change'")[0]
+    assert state == "HALTED"
+    assert rows(db, "select count(*) from paper.risk_events where kind = 'flatten'") == [(4,)]
+    assert rows(db, "select kind from paper.alerts") == [("risk_state",)]
+    held = rows(db, "select spot_qty, perp_qty from paper.positions where bar = 13")
+    before = rows(db, "select spot_qty, perp_qty from paper.positions where bar = 9")
+    assert any(abs(s) > 0 for s, _ in before)  # there was a book to flatten
+    assert held == [(0.0, 0.0), (0.0, 0.0)]
