@@ -113,6 +113,7 @@ class ReplayBar:
         fills: `(symbol, leg, qty, fee, spread_cost, impact_cost)` in the order they were booked.
         planned: `(symbol, leg, planned_qty)` of the bar's orders.
         risk_snapshot: the risk manager's latches after the bar.
+        feed_fault: why the feed failed at the bar ("" when it did not).
     """
 
     bar: int
@@ -120,6 +121,7 @@ class ReplayBar:
     fills: list[tuple[str, str, float, float, float, float]]
     planned: list[tuple[str, str, float]]
     risk_snapshot: dict[str, Any]
+    feed_fault: str = ""
 
 
 class Ledger:
@@ -231,24 +233,23 @@ class Ledger:
         Raises:
             ValueError: the committed bars are not contiguous (the ledger was edited by hand).
         """
-        con = self
-        heads = con._sql(
-            "select d.bar, d.action, e.risk_snapshot from paper.decisions d join paper.equity e "
-            "using (session_id, bar) where session_id = ? order by bar",
+        heads = self._sql(
+            "select d.bar, d.action, e.risk_snapshot, d.feed_fault from paper.decisions d "
+            "join paper.equity e using (session_id, bar) where session_id = ? order by bar",
             [session_id],
         ).fetchall()
         bars = [h[0] for h in heads]
         if bars and bars != list(range(bars[0], bars[0] + len(bars))):
             raise ValueError(f"paper session {session_id!r}: committed bars are not contiguous")
         fills: dict[int, list[tuple[str, str, float, float, float, float]]] = {b: [] for b in bars}
-        for r in con._sql(
+        for r in self._sql(
             "select bar, symbol, leg, qty, fee, spread_cost, impact_cost from paper.fills "
             "where session_id = ? order by bar, symbol, leg desc",
             [session_id],
         ).fetchall():
             fills[r[0]].append(tuple(r[1:]))  # type: ignore[arg-type]
         planned: dict[int, list[tuple[str, str, float]]] = {b: [] for b in bars}
-        for r in con._sql(
+        for r in self._sql(
             "select bar, symbol, leg, planned_qty from paper.orders where session_id = ?",
             [session_id],
         ).fetchall():
@@ -260,6 +261,7 @@ class Ledger:
                 fills[b],
                 planned[b],
                 json.loads(s),
+                fault or "",
             )
-            for b, a, s in heads
+            for b, a, s, fault in heads
         ]

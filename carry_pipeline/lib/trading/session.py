@@ -241,7 +241,7 @@ def run_paper_session(
         manager.restore(replay[-1].risk_snapshot)
     names = {n: j for j, n in enumerate(env.observation_names)}
     stale_idx = [names[f"{s}:stale"] for s in symbols]
-    faults = 0
+    faults = _trailing_faults(replay)  # a feed_down alert counts bars across a restart
     new = 0
     while not ended and (max_bars is None or len(replay) + new < max_bars):
         t = int(env.engine.is_[0, I_T])
@@ -309,6 +309,16 @@ def run_paper_session(
             on_commit(t)
     last = spec.start + len(replay) + new - 1
     return SessionResult(len(replay), new, last, float(info["equity"]), bool(ended))
+
+
+def _trailing_faults(replay: list[ReplayBar]) -> int:
+    # Consecutive faulty feed bars at the end of the committed bars.
+    n = 0
+    for rb in reversed(replay):
+        if not rb.feed_fault:
+            break
+        n += 1
+    return n
 
 
 def _poll(feed: PaperFeed, t: int) -> str:

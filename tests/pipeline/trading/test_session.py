@@ -197,3 +197,14 @@ def test_emergency_flag_flattens_the_book_in_a_session(tmp_path: Path) -> None:
     before = rows(db, "select spot_qty, perp_qty from paper.positions where bar = 9")
     assert any(abs(s) > 0 for s, _ in before)  # there was a book to flatten
     assert held == [(0.0, 0.0), (0.0, 0.0)]
+
+
+def test_a_restart_during_a_feed_outage_keeps_counting_towards_the_alert(tmp_path: Path) -> None:
+    # Faults at bars 5, 6, 7; the session stops after bar 6 and resumes: the alert still comes at
+    # bar 7, the third faulty bar in a row, as in an uninterrupted run.
+    db = tmp_path / "p.duckdb"
+    run_session(db, feed=FlakyFeed(make_market()), max_bars=7)
+    run_session(db, feed=FlakyFeed(make_market()), max_bars=12)
+    assert rows(db, "select bar, kind from paper.alerts where kind = 'feed_down'") == [
+        (7, "feed_down")
+    ]
