@@ -3,7 +3,8 @@
 1. `ingest_job` over the day x asset partitions of the window that the instance has not materialised
    yet (re-runs only add what is missing): one run per asset and contiguous missing range, from the
    seeded simulated exchange by default.
-2. `carry_pipeline_job` over everything ingested (features, folds, statistics, training windows),
+2. `carry_pipeline_job` over everything ingested (features, folds, statistics, training windows,
+   then the experts and the meta-controller of every fold, `models`, demo profile),
    with the quick-start fold profile below so that a few months of data suffice (the defaults need
    about a year).
 3. A summary from DuckDB, and a rollout of the env on the pipeline's own market frame: the
@@ -104,14 +105,14 @@ def ingest(
 
 
 def summarise(db_path: str) -> pl.DataFrame:
-    """Row count of every table in the schemas the run writes (`raw`, `features`, `datasets`)."""
+    """Row count of every table in the schemas the run writes (`raw` .. `models`)."""
     import duckdb
 
     con = duckdb.connect(db_path, read_only=True)
     try:
         tables = con.sql(
             "select table_schema, table_name from information_schema.tables "
-            "where table_schema in ('raw', 'features', 'datasets') order by 1, 2"
+            "where table_schema in ('raw', 'features', 'datasets', 'models') order by 1, 2"
         ).fetchall()
         rows = [(f"{schema}.{name}", _count(con, schema, name)) for schema, name in tables]
     finally:
@@ -177,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         runs = ingest(defs, instance, args.start, args.end, assets)
         print(f"    {runs} new partitions ingested", flush=True)
         print(
-            "2/3 carry_pipeline_job: features, folds, normalisation stats, training windows",
+            "2/3 carry_pipeline_job: features, folds, normalisation stats, training windows, "
+            "models "
+            "(four experts + meta-controller per fold, demo profile: about 2 minutes)",
             flush=True,
         )
         job = defs.resolve_job_def("carry_pipeline_job")

@@ -13,6 +13,7 @@ def test_main_job_selects_every_stage_after_ingestion() -> None:
     job = defs.resolve_job_def("carry_pipeline_job")
     keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
     assert {"features/market_bars", "features/carry_features", "datasets/training_windows"} <= keys
+    assert {"models/short_term_expert", "models/meta_controller"} <= keys
     assert not any(
         key.startswith("raw/") for key in keys
     )  # raw partitions come from ingest_job runs

@@ -1,0 +1,1 @@
+"""Models stage: four experts and the meta-controller per walk-forward fold (schema `models`)."""

@@ -1,0 +1,632 @@
+"""The meta-controller: a PPO agent gating frozen experts (plus "flat") on the batched carry env.
+
+Meta-environment (`MetaVecEnv`, an SB3 `VecEnv` wrapper over `SB3VecEnv(CarryTradeVectorEnv)`).
+At each bar every frozen expert sees its own observation (its `ObservationBuilder` over the same
+env observation and the fold's windows) and suggests an action; the meta-controller sees, flat
+(float32):
+
+- per gated expert j (K of them): its suggested weights `a_j` `(N,)`, its recent reward and its
+  running Sharpe (what the env's expert-context slot is reserved for; built by this wrapper after
+  each step, since the slot would lag them by one bar);
+- the anomaly expert's exposure multiplier `m` `(N,)` (ones without one);
+- its own running usage of the K + 1 options (EWMA of its gating weights over the episode);
+- account state: `cash`, `drawdown`, `margin_buffer`, `gross_leverage` and per asset
+  `spot_exposure`, `perp_exposure`, `funding_sma3_bp`.
+
+An expert's reward on a bar is what its suggestion would have earned per unit weight before
+costs: the mean over assets of `a_j * (settled funding - basis change)` in bp (a long-carry unit,
+long spot and short perp, receives positive funding and loses when the basis widens). "Recent"
+is its EWMA with half-life `reward_halflife` bars, and the running Sharpe is that EWMA mean over
+the EWMA standard deviation (clipped to +-5); both restart at each episode.
+
+Action: K + 1 values in [-1, 1], logits `logit_scale * action`. Gating `softmax` (default) gives
+the weights `w = softmax(logits)`, `top1` the one-hot of the argmax. The env trades
+`m * sum_j w_j a_j` (flat's suggestion is zero), a convex combination of actions in [-1, 1]
+scaled by `m` in [0, 1], so it stays in the env's action space and the env enforces leverage,
+capital and margin on it as on any action.
+
+Reward: the env's reward, plus `entropy_weight * H(w) / log(K + 1)` (normalised entropy, in
+[0, 1]), minus `balance_weight * ((K + 1) * sum_j u_j^2 - 1)` where `u` is the running usage:
+0 when the options are used evenly, K when all weight sits on one option, so collapse costs
+reward.
+
+`train_meta_controller(...)` mirrors `train.train_expert`: input checks, pinned threads, seed,
+progress lines, validation on the held-out tail, atomic save under `<models_root>/meta/fold<k>/`,
+and the registry row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor
+
+from carry_env.config import EnvConfig
+from carry_env.market import MarketData
+from carry_pipeline.lib.training.observation import (
+    ObservationBuilder,
+    WindowSet,
+    base_vector_env,
+    current_bars,
+)
+from carry_pipeline.lib.training.policy import ExpertPolicy, load_expert
+from carry_pipeline.lib.training.rollout import RolloutMetrics, _accumulate, _fixed_span
+from carry_pipeline.lib.training.specs import PROFILES
+from carry_pipeline.lib.training.train import (
+    FoldSpan,
+    Logger,
+    ProgressCallback,
+    TrainingRecord,
+    _dt,
+    check_inputs,
+    data_sha256,
+    save_expert,
+)
+
+GATINGS = ("softmax", "top1")
+GLOBAL_FIELDS = ("cash", "drawdown", "margin_buffer", "gross_leverage")
+ASSET_FIELDS = ("spot_exposure", "perp_exposure", "funding_sma3_bp")
+SHARPE_CLIP = 5.0
+BP = 1e4
+
+
+@dataclass(frozen=True)
+class MetaSpec:
+    """How the meta-controller trains (JSON via `to_dict` / `from_dict`)."""
+
+    name: str = "meta"
+    """Models folder `<models_root>/<name>/<fold>/`."""
+    gating: str = "softmax"
+    """`softmax`: weights = softmax of the logits; `top1`: all weight on the argmax."""
+    logit_scale: float = 3.0
+    """Logits = `logit_scale * action` (actions in [-1, 1])."""
+    entropy_weight: float = 0.02
+    """Reward bonus per step for the normalised entropy of the weights (in [0, 1])."""
+    balance_weight: float = 0.05
+    """Reward penalty per step for concentrated running usage (0 even, K all on one option)."""
+    usage_halflife: float = 64.0
+    """Half-life in bars of the running usage of each option."""
+    reward_halflife: float = 24.0
+    """Half-life in bars of each expert's recent reward and running Sharpe."""
+    net_arch: tuple[int, ...] = (64, 64)
+    env_overrides: Mapping[str, Any] = field(default_factory=dict)
+    """`EnvConfig` fields replaced for the meta env."""
+    timesteps: Mapping[str, int] = field(default_factory=lambda: {"demo": 8_192, "full": 500_000})
+    n_envs: int = 16
+    n_steps: int = 64
+    batch_size: int = 512
+    n_epochs: int = 4
+    learning_rate: float = 1e-3
+    gamma: float = 0.99
+    ent_coef: float = 0.0
+    log_std_init: float = -0.5
+    episode_length: int = 256
+    seed: int = 0
+    threads: int = 1
+    """torch CPU threads, pinned while training and recorded."""
+    validation_fraction: float = 0.2
+    progress_every: int = 2_048
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError(f"meta-controller {self.name!r}: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every invalid field, named, with what it must be."""
+        out = []
+        if self.gating not in GATINGS:
+            out.append(f"gating {self.gating!r} is not one of {list(GATINGS)}")
+        for name in ("logit_scale", "usage_halflife", "reward_halflife", "learning_rate"):
+            if not getattr(self, name) > 0:
+                out.append(f"{name}={getattr(self, name)} must be > 0")
+        for name in ("entropy_weight", "balance_weight", "ent_coef"):
+            if getattr(self, name) < 0:
+                out.append(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("n_envs", "n_epochs", "episode_length", "threads", "progress_every"):
+            if getattr(self, name) < 1:
+                out.append(f"{name}={getattr(self, name)} must be >= 1")
+        if not self.net_arch or any(int(x) < 1 for x in self.net_arch):
+            out.append(f"net_arch {list(self.net_arch)} must be positive layer sizes")
+        if self.n_steps < 2:
+            out.append(f"n_steps={self.n_steps} must be >= 2")
+        if not 1 < self.batch_size <= self.n_envs * self.n_steps:
+            out.append(
+                f"batch_size={self.batch_size} must be in [2, n_envs * n_steps = "
+                f"{self.n_envs * self.n_steps}]"
+            )
+        if not 0 < self.gamma <= 1:
+            out.append(f"gamma={self.gamma} must be in (0, 1]")
+        if not 0 < self.validation_fraction <= 0.5:
+            out.append(f"validation_fraction={self.validation_fraction} must be in (0, 0.5]")
+        missing = [p for p in PROFILES if p not in self.timesteps]
+        if missing or any(int(v) < 1 for v in self.timesteps.values()):
+            out.append(f"timesteps {dict(self.timesteps)} needs positive {list(PROFILES)}")
+        try:
+            self.env_config()
+        except (TypeError, ValueError) as err:
+            out.append(f"env_overrides: {err}")
+        return out
+
+    def env_config(self, base: EnvConfig | None = None) -> EnvConfig:
+        """The meta env's config: `base` with random starts, this episode length, the overrides."""
+        return replace(
+            base or EnvConfig(),
+            random_start=True,
+            episode_length=self.episode_length,
+            **dict(self.env_overrides),
+        )
+
+    def total_timesteps(self, profile: str) -> int:
+        """Timesteps of a profile (ValueError naming the meta-controller if unknown)."""
+        if profile not in self.timesteps:
+            raise ValueError(
+                f"meta-controller {self.name!r}: profile {profile!r} is not one of "
+                f"{sorted(self.timesteps)}"
+            )
+        return int(self.timesteps[profile])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values."""
+        d = asdict(self)
+        d["env_overrides"] = dict(self.env_overrides)
+        d["timesteps"] = dict(self.timesteps)
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MetaSpec:
+        """Inverse of `to_dict`."""
+        d = dict(d)
+        return cls(**{**d, "net_arch": tuple(d.get("net_arch", (64, 64)))})
+
+
+def gate(logits: np.ndarray, gating: str) -> np.ndarray:
+    """Gating weights `(B, K + 1)` from logits: softmax rows, or the one-hot of each argmax."""
+    z = np.asarray(logits, dtype=np.float64)
+    if gating == "top1":
+        return np.eye(z.shape[1])[np.argmax(z, axis=1)]
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def combine(weights: np.ndarray, suggestions: np.ndarray, multiplier: np.ndarray) -> np.ndarray:
+    """The env action `m * sum_j w_j a_j`: `weights` `(B, K + 1)` (last = flat, suggesting
+    zero), `suggestions` `(B, K, N)` in [-1, 1], `multiplier` `(B, N)` in [0, 1]."""
+    a = np.clip(suggestions, -1.0, 1.0)
+    mixed = np.einsum("bk,bkn->bn", weights[:, :-1], a)
+    return np.clip(np.clip(multiplier, 0.0, 1.0) * mixed, -1.0, 1.0)
+
+
+def normalised_entropy(weights: np.ndarray) -> np.ndarray:
+    """Entropy of each row over log(K + 1): 1 for uniform weights, 0 for one-hot, `(B,)`."""
+    w = np.clip(weights, 1e-12, 1.0)
+    return -(weights * np.log(w)).sum(axis=1) / math.log(weights.shape[1])
+
+
+def collapse_penalty(usage: np.ndarray) -> np.ndarray:
+    """`(K + 1) * sum_j u_j^2 - 1` of each row of running usage (rows sum to 1): 0 when even,
+    K when all on one option, `(B,)`."""
+    u = usage / np.maximum(usage.sum(axis=1, keepdims=True), 1e-12)
+    return usage.shape[1] * (u**2).sum(axis=1) - 1.0
+
+
+def carry_unit_bp(market: MarketData) -> np.ndarray:
+    """`(T, N)`: per bar t, what one unit of long carry earns from bar t to t + 1, in bp, before
+    costs: the funding settled at t + 1 minus the change of the basis; the last row is 0."""
+    basis = market.perp / market.spot - 1.0
+    out = np.zeros_like(basis, dtype=np.float64)
+    out[:-1] = np.nan_to_num(market.funding[1:], nan=0.0) - np.diff(basis, axis=0)
+    return out * BP
+
+
+def alpha(halflife: float) -> float:
+    """EWMA weight of the newest value for a half-life in steps."""
+    return 1.0 - 0.5 ** (1.0 / halflife)
+
+
+class MetaCore:
+    """The meta-environment's logic over a `CarryTradeVectorEnv` (`base`), free of SB3 plumbing:
+    `observe` -> `actions` -> (step the env) -> `feedback`. See the module docstring."""
+
+    def __init__(
+        self,
+        base: Any,
+        windows: WindowSet,
+        experts: Mapping[str, ExpertPolicy],
+        spec: MetaSpec,
+        anomaly: ExpertPolicy | None = None,
+    ) -> None:
+        for name, policy in experts.items():
+            if policy.spec.output != "weights" or policy.spec.algorithm == "MaskablePPO":
+                raise ValueError(
+                    f"meta-controller: expert {name!r} ({policy.spec.algorithm}, output "
+                    f"{policy.spec.output!r}) is not a continuous weights expert; only those "
+                    "can be gated"
+                )
+        if not experts:
+            raise ValueError("meta-controller: no experts to gate")
+        if anomaly is not None and anomaly.spec.output != "exposure":
+            raise ValueError(
+                f"meta-controller: anomaly expert {anomaly.spec.name!r} has no exposure output"
+            )
+        self.base, self.spec = base, spec
+        self.names = tuple(experts)
+        self.experts = tuple(experts.values())
+        self.anomaly = anomaly
+        names, market = base.observation_names, base.market
+        build = lambda p: ObservationBuilder(  # noqa: E731
+            windows, p.spec.observation, market.ts, names, market.symbols
+        )
+        self.builders = tuple(build(p) for p in self.experts)
+        self.anomaly_builder = build(anomaly) if anomaly is not None else None
+        index = {n: i for i, n in enumerate(names)}
+        self.global_idx = np.array([index[n] for n in GLOBAL_FIELDS], dtype=np.int64)
+        self.asset_idx = np.array(
+            [index[f"{s}:{f}"] for f in ASSET_FIELDS for s in market.symbols], dtype=np.int64
+        )
+        self.unit_bp = carry_unit_bp(market)
+        b, k, n = base.num_envs, len(self.experts), market.n_symbols
+        self.n_options = k + 1
+        self.obs_dim = k * (n + 2) + n + self.n_options + len(GLOBAL_FIELDS) + len(ASSET_FIELDS) * n
+        self.suggestions = np.zeros((b, k, n))
+        self.multiplier = np.ones((b, n))
+        self.weights = np.full((b, k + 1), 1.0 / (k + 1))
+        self._states: list[Any] = [None] * (k + 1)
+        self._starts = np.ones(b, dtype=bool)
+        self._mean = np.zeros((b, k))
+        self._var = np.zeros((b, k))
+        self.usage = np.full((b, k + 1), 1.0 / (k + 1))
+
+    @property
+    def observation_space(self) -> spaces.Box:
+        """Flat float32 observation (see the module docstring)."""
+        return spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
+
+    @property
+    def action_space(self) -> spaces.Box:
+        """K + 1 gating values in [-1, 1]."""
+        return spaces.Box(-1.0, 1.0, (self.n_options,), np.float32)
+
+    def reset_envs(self, mask: np.ndarray) -> None:
+        """Restart the running statistics and recurrent states of the envs in `mask`."""
+        self._mean[mask] = 0.0
+        self._var[mask] = 0.0
+        self.usage[mask] = 1.0 / self.n_options
+        self._starts = self._starts | mask
+
+    def observe(self, raw: np.ndarray, bars: np.ndarray) -> np.ndarray:
+        """Ask every expert for its suggestion at env observations `raw` `(B, D)` at `bars`, and
+        return the meta observation `(B, obs_dim)`."""
+        for j, (policy, builder) in enumerate(zip(self.experts, self.builders, strict=True)):
+            out = policy.act(builder.build(raw, bars), self._states[j], self._starts)
+            self._states[j] = out.state
+            self.suggestions[:, j] = np.clip(out.output, -1.0, 1.0)
+        if self.anomaly is not None and self.anomaly_builder is not None:
+            out = self.anomaly.act(
+                self.anomaly_builder.build(raw, bars), self._states[-1], self._starts
+            )
+            self._states[-1] = out.state
+            self.multiplier = np.asarray(out.output, dtype=np.float64)
+        self._starts = np.zeros_like(self._starts)
+        sharpe = np.clip(self._mean / np.sqrt(self._var + 1e-6), -SHARPE_CLIP, SHARPE_CLIP)
+        experts = np.concatenate(
+            [self.suggestions, self._mean[..., None], sharpe[..., None]], axis=2
+        ).reshape(raw.shape[0], -1)
+        return np.concatenate(
+            [experts, self.multiplier, self.usage, raw[:, self.global_idx], raw[:, self.asset_idx]],
+            axis=1,
+        ).astype(np.float32)
+
+    def actions(self, meta_actions: np.ndarray) -> np.ndarray:
+        """Gate the current suggestions with the meta actions; the env action `(B, N)`."""
+        logits = self.spec.logit_scale * np.clip(np.asarray(meta_actions, np.float64), -1, 1)
+        self.weights = gate(logits, self.spec.gating)
+        return combine(self.weights, self.suggestions, self.multiplier)
+
+    def feedback(self, bars: np.ndarray, env_reward: np.ndarray) -> np.ndarray:
+        """After a step from `bars`: update the experts' running reward and Sharpe and the usage,
+        and return the shaped reward `(B,)` (`reset_envs` then restarts finished envs)."""
+        unit = self.unit_bp[np.asarray(bars, dtype=np.int64)]  # (B, N)
+        r = (self.suggestions * unit[:, None, :]).mean(axis=2)  # (B, K)
+        a = alpha(self.spec.reward_halflife)
+        delta = r - self._mean
+        self._mean += a * delta
+        self._var = (1.0 - a) * (self._var + a * delta**2)
+        self.usage += alpha(self.spec.usage_halflife) * (self.weights - self.usage)
+        shaped = (
+            np.asarray(env_reward, np.float64)
+            + self.spec.entropy_weight * normalised_entropy(self.weights)
+            - self.spec.balance_weight * collapse_penalty(self.usage)
+        )
+        return shaped
+
+
+class MetaVecEnv(VecEnvWrapper):
+    """SB3 `VecEnv` over `SB3VecEnv(CarryTradeVectorEnv)`: the meta-controller's observation,
+    action and reward (`MetaCore`, module docstring)."""
+
+    def __init__(self, venv: VecEnv, core: MetaCore) -> None:
+        self.core = core
+        self._base = base_vector_env(venv)
+        super().__init__(
+            venv, observation_space=core.observation_space, action_space=core.action_space
+        )
+        self._raw: np.ndarray | None = None
+        self._bars: np.ndarray | None = None
+
+    def reset(self) -> np.ndarray:
+        """Reset the envs and the running statistics; the first meta observations."""
+        self._raw = self.venv.reset()
+        self.core.reset_envs(np.ones(self.num_envs, dtype=bool))
+        return self.core.observe(self._raw, current_bars(self._base))
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Gate the experts' suggestions and pass the combined action on."""
+        self._bars = current_bars(self._base)
+        self.venv.step_async(self.core.actions(actions))
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """Step; a finished env's `terminal_observation` is its meta observation at that bar."""
+        raw, rew, dones, infos = self.venv.step_wait()
+        shaped = self.core.feedback(self._bars, rew).astype(np.float32)
+        done = np.flatnonzero(dones)
+        if done.size:
+            # Terminal observations: the finished episodes' last bar, statistics not yet restarted;
+            # the experts' recurrent states are kept as they were for the next observation.
+            final_raw = raw.copy()
+            final_raw[done] = np.stack([infos[b]["terminal_observation"] for b in done])
+            bars = current_bars(self._base)
+            bars[done] = self._bars[done] + 1
+            states = list(self.core._states)
+            final = self.core.observe(final_raw, bars)
+            self.core._states = states
+            for b in done:
+                infos[b]["terminal_observation"] = final[b]
+        self.core.reset_envs(np.asarray(dones, dtype=bool))
+        self._raw = raw
+        return self.core.observe(raw, current_bars(self._base)), shaped, dones, infos
+
+
+def make_meta_env(
+    market: MarketData,
+    windows: WindowSet,
+    experts: Mapping[str, ExpertPolicy],
+    spec: MetaSpec,
+    config: EnvConfig,
+    n_envs: int,
+    anomaly: ExpertPolicy | None = None,
+) -> MetaVecEnv:
+    """`MetaVecEnv` over `SB3VecEnv(CarryTradeVectorEnv(market, config, n_envs))`."""
+    from carry_env.vector import CarryTradeVectorEnv, SB3VecEnv
+
+    base = CarryTradeVectorEnv(market, config, n_envs)
+    return MetaVecEnv(SB3VecEnv(base), MetaCore(base, windows, experts, spec, anomaly))
+
+
+@dataclass(frozen=True)
+class MetaRollout:
+    """A meta rollout's cash-flow totals and the mean gating weight of each option."""
+
+    metrics: RolloutMetrics
+    mean_weights: dict[str, float]
+
+
+def meta_rollout(
+    actor: Any,
+    market: MarketData,
+    windows: WindowSet,
+    experts: Mapping[str, ExpertPolicy],
+    spec: MetaSpec,
+    config: EnvConfig,
+    *,
+    start: int,
+    end: int,
+    anomaly: ExpertPolicy | None = None,
+    seed: int = 0,
+) -> MetaRollout:
+    """One episode on bars `start..end` (one env) where `actor(meta_obs) -> (1, K + 1)` gates the
+    experts; totals as `rollout.rollout` reports them."""
+    from carry_env.vector import CarryTradeVectorEnv
+
+    base = CarryTradeVectorEnv(market, _fixed_span(config), 1)
+    core = MetaCore(base, windows, experts, spec, anomaly)
+    raw, _ = base.reset(seed=seed, options={"start": int(start), "end": int(end)})
+    core.reset_envs(np.ones(1, dtype=bool))
+    totals = dict.fromkeys(("reward", "funding", "costs", "price_pnl", "leverage"), 0.0)
+    equity, liquidations, steps = [float(config.initial_cash)], 0, 0
+    used = np.zeros(core.n_options)
+    while True:
+        bars = current_bars(base)
+        action = core.actions(actor(core.observe(raw, bars)))
+        used += core.weights[0]
+        raw, rew, term, trunc, infos = base.step(action)
+        done = bool(term[0] or trunc[0])
+        core.feedback(bars, rew)
+        info = infos["final_info"] if done else infos
+        _accumulate(totals, info, float(rew[0]))
+        equity.append(float(info["equity"][0]))
+        liquidations += int(info["liquidated"][0])
+        steps += 1
+        if done:
+            break
+    path = np.array(equity)
+    metrics = RolloutMetrics(
+        steps=steps,
+        reward=totals["reward"],
+        funding=totals["funding"],
+        costs=totals["costs"],
+        net_carry=totals["funding"] - totals["costs"],
+        price_pnl=totals["price_pnl"],
+        pnl=float(path[-1] - path[0]),
+        max_drawdown=float(np.max(1.0 - path / np.maximum.accumulate(path))),
+        liquidations=liquidations,
+        mean_gross_leverage=totals["leverage"] / steps,
+    )
+    names = (*core.names, "flat")
+    return MetaRollout(metrics, {n: float(w) for n, w in zip(names, used / steps, strict=True)})
+
+
+class MetaPolicy:
+    """A trained meta-controller: `meta_obs (B, D)` -> deterministic gating action `(B, K + 1)`."""
+
+    def __init__(self, model: PPO, spec: MetaSpec, experts: tuple[str, ...]) -> None:
+        self.model, self.spec, self.experts = model, spec, experts
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """Deterministic action."""
+        action, _ = self.model.predict(obs, deterministic=True)
+        return action
+
+
+def train_meta_controller(
+    spec: MetaSpec,
+    experts: Mapping[str, str | Path],
+    market: MarketData,
+    windows: WindowSet,
+    fold: FoldSpan,
+    *,
+    models_root: str | Path,
+    anomaly: str | Path | None = None,
+    stats: pl.DataFrame | None = None,
+    profile: str = "demo",
+    timesteps: int | None = None,
+    base_config: EnvConfig | None = None,
+    logger: Logger | None = None,
+    tensorboard_dir: str | Path | None = None,
+) -> TrainingRecord:
+    """Train, validate and save the meta-controller of one fold over frozen experts.
+
+    Args:
+        spec: the meta-controller.
+        experts: gated expert name -> its saved folder (`load_expert`), trained on this fold.
+        market: the fold's market restricted to its train span (`train_span_market`).
+        windows: the fold's `train` windows.
+        fold: the fold's train span.
+        models_root: the model store; the meta-controller goes to `<models_root>/<name>/fold<k>/`.
+        anomaly: the anomaly expert's folder, whose multiplier applies on top, or None.
+        stats, profile, timesteps, base_config, logger, tensorboard_dir: as `train_expert`.
+
+    Raises:
+        ValueError: bad input, naming the fold and the problem.
+        FileNotFoundError: an expert folder holds no saved expert.
+    """
+    log = logger or logging.getLogger(__name__)
+    total = int(timesteps) if timesteps is not None else spec.total_timesteps(profile)
+    first, split = check_inputs(spec, market, windows, fold)  # type: ignore[arg-type]
+    config = spec.env_config(base_config)
+    fit = market.window(_dt(market.ts[first]), _dt(market.ts[split - 1]))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policies = {name: load_expert(path, device=device) for name, path in experts.items()}
+    risk = load_expert(anomaly, device=device) if anomaly is not None else None
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    try:
+        started = time.perf_counter()
+        vec = VecMonitor(make_meta_env(fit, windows, policies, spec, config, spec.n_envs, risk))
+        vec.seed(spec.seed)
+        model = PPO(
+            "MlpPolicy",
+            vec,
+            n_steps=spec.n_steps,
+            batch_size=spec.batch_size,
+            n_epochs=spec.n_epochs,
+            learning_rate=spec.learning_rate,
+            gamma=spec.gamma,
+            ent_coef=spec.ent_coef,
+            policy_kwargs={
+                "net_arch": {"pi": list(spec.net_arch), "vf": list(spec.net_arch)},
+                "log_std_init": spec.log_std_init,
+            },
+            seed=spec.seed,
+            device=device,
+            tensorboard_log=str(tensorboard_dir) if tensorboard_dir else None,
+            verbose=0,
+        )
+        progress = ProgressCallback(log, spec.progress_every, spec.name)
+        model.learn(total_timesteps=total, callback=progress, progress_bar=False)
+        wall = time.perf_counter() - started
+        validation = meta_rollout(
+            MetaPolicy(model, spec, tuple(policies)),
+            market,
+            windows,
+            policies,
+            spec,
+            config,
+            start=split,
+            end=market.n_bars - 1,
+            anomaly=risk,
+            seed=spec.seed,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+    target = Path(models_root) / spec.name / fold.name
+    record = TrainingRecord(
+        expert=spec.name,
+        fold=fold.fold,
+        train_start=fold.train_start,
+        train_end=fold.train_end,
+        fit_end=_dt(market.ts[split]),
+        algorithm="PPO",
+        seed=spec.seed,
+        threads=spec.threads,
+        device=device,
+        profile=profile,
+        timesteps=int(model.num_timesteps),
+        wall_seconds=wall,
+        fps=model.num_timesteps / wall,
+        data_sha256=data_sha256(windows, market),
+        model_path=str(target),
+        spec={
+            **spec.to_dict(),
+            "experts": {k: str(v) for k, v in experts.items()},
+            "anomaly": str(anomaly) if anomaly is not None else None,
+        },
+        env_config=config.to_dict(),
+        curve=progress.summary(),
+        validation={
+            **validation.metrics.to_dict(),
+            "mean_weights": validation.mean_weights,
+        },
+    )
+    save_expert(target, model, record, stats)
+    log.info(
+        f"{spec.name} fold {fold.fold}: {record.timesteps} timesteps in {wall:.1f} s on {device}; "
+        f"validation net carry {validation.metrics.net_carry:.2f} USDT, mean weights "
+        + ", ".join(f"{k} {v:.2f}" for k, v in validation.mean_weights.items())
+    )
+    return record
+
+
+def load_meta_controller(
+    folder: str | Path, device: str = "auto"
+) -> tuple[MetaPolicy, dict[str, ExpertPolicy], ExpertPolicy | None]:
+    """The meta-controller saved in `folder`, with the experts (and anomaly expert) it gates,
+    loaded from the folders it was trained over.
+
+    Raises:
+        FileNotFoundError: the folder lacks `spec.json` or `model.zip`, or an expert is gone.
+    """
+    folder = Path(folder)
+    for name in ("spec.json", "model.zip"):
+        if not (folder / name).exists():
+            raise FileNotFoundError(f"{folder} holds no {name}: not a saved meta-controller")
+    d = json.loads((folder / "spec.json").read_text())
+    experts = {k: load_expert(v, device=device) for k, v in d.pop("experts").items()}
+    anomaly_path = d.pop("anomaly")
+    anomaly = load_expert(anomaly_path, device=device) if anomaly_path else None
+    spec = MetaSpec.from_dict(d)
+    model = PPO.load(folder / "model.zip", device=device)
+    return MetaPolicy(model, spec, tuple(experts)), experts, anomaly
