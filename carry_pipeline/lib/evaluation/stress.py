@@ -480,7 +480,8 @@ def run_scenario(
     seed: int = 0,
     exposure: ExposureFn | None = None,
 ) -> tuple[BacktestResult, ScheduledAnomalies]:
-    """One policy over the whole scenario frame in `env`, halts and outages scheduled."""
+    """One policy over the whole scenario frame in `env`, halts and outages scheduled; the env's
+    config vector is restored afterwards."""
     market = env.market
     wrapped = ScheduledAnomalies(
         policy,
@@ -488,7 +489,11 @@ def run_scenario(
         outages=[(market.index_of(t), n) for t, n in scenario.outages],
         exposure=exposure,
     )
-    result = run_backtest(env, wrapped, name=name, start=0, end=market.n_bars - 1, seed=seed)
+    saved = env.engine.cfg.copy()
+    try:
+        result = run_backtest(env, wrapped, name=name, start=0, end=market.n_bars - 1, seed=seed)
+    finally:
+        env.engine.cfg[:] = saved  # the schedule's probabilities and lengths do not outlive it
     if isinstance(policy, SpotBuyAndHold):
         result = spot_buy_and_hold(env, result)
     return result, wrapped

@@ -237,3 +237,25 @@ def test_run_stress_refuses_scheduled_halts_with_anomalies_off() -> None:
     cfg = EnvConfig(anomalies=False)
     with pytest.raises(ValueError, match="'exchange_halt' schedules halts"):
         st.run_stress({"flat": Flat()}, [sc], cfg)
+
+
+KLINES = Path(__file__).resolve().parents[4] / "shared/data/real/kctanglog_spot_1h"
+
+
+def test_btc_crisis_anchors_are_binance_klines() -> None:
+    # Each BTC anchor is a Binance 1 h kline value: a day's open (kline at 00:00), an intraday
+    # extreme (the low or high of the kline opening at that hour) or a day's close (the close of
+    # the kline opening at 23:00 the day before the anchor).
+    files = sorted(KLINES.glob("*.csv"))
+    if not files:
+        pytest.skip("../shared/data is not beside the repo")
+    k = pl.read_csv(files[0], try_parse_dates=True).with_columns(
+        pl.col("datetime").dt.replace_time_zone("UTC")
+    )
+    by_open = {r["datetime"]: r for r in k.iter_rows(named=True)}
+    for name, anchors in st.CRISIS_ANCHORS.items():
+        for when, price in anchors[BTC]:
+            t = datetime.fromisoformat(when).replace(tzinfo=UTC)
+            here, before = by_open[t], by_open[t - timedelta(hours=1)]
+            values = {here["open"], here["low"], here["high"], before["close"]}
+            assert price in values, f"{name} {when}: {price} is none of {values}"
