@@ -284,8 +284,8 @@ def _markdown(
 ) -> str:
     mean = metrics.filter(pl.col("aggregate") == "mean")
     if mean.height == 0:
-        mean = metrics.filter(pl.col("aggregate") == "fold").group_by("policy", maintain_order=True)
-        mean = mean.agg(pl.col(REPORT_METRICS).mean())
+        folds = metrics.filter(pl.col("aggregate") == "fold")
+        mean = folds.group_by("policy", maintain_order=True).agg(pl.col(REPORT_METRICS).mean())
     lines = [f"# {title}", "", f"Candidate: `{candidate}`. Metrics: mean over the folds.", ""]
     lines.append("| policy | " + " | ".join(REPORT_METRICS) + " |")
     lines.append("|---" * (len(REPORT_METRICS) + 1) + "|")

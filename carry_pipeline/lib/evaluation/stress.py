@@ -157,7 +157,7 @@ def funding_flip(
     frame = base.with_columns(
         funding_rate=pl.when(window).then(pl.lit(rate)).otherwise(pl.col("funding_rate"))
     )
-    last = frame.filter(window).get_column("ts").max()
+    last: datetime = frame.filter(window).get_column("ts").max()  # type: ignore[assignment]
     return Scenario(
         "funding_flip", frame, at, last, description=f"funding {rate * 1e4:+.0f} bp for {hours:g} h"
     )
@@ -327,8 +327,9 @@ def real_crisis(name: str, fixture: Path = FUNDING_FIXTURE) -> Scenario:
         .sort("symbol", "ts")
     )  # fmt: skip
     btc = frame.filter(pl.col("symbol") == "BTC/USDT:USDT")
-    worst = btc.get_column("ts")[int(btc.get_column("spot_price").arg_min())]
-    return Scenario(name, frame, frame.get_column("ts").min(), worst,
+    worst = btc.get_column("ts")[int(btc.get_column("spot_price").arg_min())]  # type: ignore[arg-type]
+    first: datetime = frame.get_column("ts").min()  # type: ignore[assignment]
+    return Scenario(name, frame, first, worst,
                     description=CRISIS_DESCRIPTIONS[name])  # fmt: skip
 
 
@@ -545,7 +546,7 @@ def _index(part: pl.DataFrame, at: datetime) -> int:
     if hits.len() == 0 or int(hits[0]) == 0:
         raise ValueError(
             f"scenario start {at.isoformat()} is not a bar after the first of "
-            f"{part.get_column('symbol')[0]} ({ts.min()}..{ts.max()})"
+            f"{part.get_column('symbol')[0]} ({ts.min()!s}..{ts.max()!s})"
         )
     return int(hits[0])
 
