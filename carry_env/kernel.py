@@ -9,13 +9,15 @@ split path (an injected executor between planning and applying) run the same cod
 2. `sim_fill_env`: the simulated executor: full fills at mid, charged fees, half-spread, depth
    impact and tick.
 3. `apply_env`: book fills, move the clock one bar, mark to market, settle funding, accrue borrow,
-   check margin and liquidate, compute the reward, write info and the next observation.
+   check margin (at the close and the bar's adverse extreme) and liquidate, close a bankrupt
+   account, compute the reward, write info and the next observation.
 
 Accounting (all in quote currency): `equity = cash + sum(spot_qty * spot_price) + sum(collateral)`.
 Perp variation margin and funding are booked to the isolated collateral (unified mode: to cash), so
 every step `equity[t+1] - equity[t] == funding + price_pnl - fees - slippage - borrow -
 liquidation_loss + insurance_fund` holds exactly (`insurance_fund` >= 0: the part of a gap through
-the bankruptcy price that the venue's insurance fund absorbs).
+the bankruptcy price that the venue's insurance fund absorbs, and a bankrupt account's shortfall).
+Funding and margin use the mark price (`mark_price`); the books and `price_pnl` use the last price.
 
 State and outputs are arrays indexed by the constants below; the `CarryTradeEnv` docstring documents
 them.
