@@ -182,3 +182,10 @@ def flash_prices(
     s2 = s * (1.0 + gs * ls)
     p2 = p * (1.0 + gs * ls + (as_[b, i, k.A_FL_P] - gs) * fs[b, k.F_FL_BLEVEL])
     return s2, p2, sd * thin, pd * thin
+
+
+@_jit(inline="always")
+def flash_mark(b: int, i: int, mark: float, fs: np.ndarray, as_: np.ndarray) -> float:
+    """Mark price of asset i in env b during its event, from the data's mark: moved by the spot
+    gap only (the index), not by the perp's extra gap (the basis blow-out of the last price)."""
+    return mark * (1.0 + as_[b, i, k.A_FL_S] * fs[b, k.F_FLASH_LEVEL])

@@ -152,7 +152,8 @@ class EnvConfig:
 
     # ---- carry and financing ----
     funding: bool = True
-    """Settle funding: `-perp_qty * perp_price * funding_rate` at every settlement in the data."""
+    """Settle funding: `-perp_qty * mark_price * funding_rate` at every settlement in the data (the
+    mark: the frame's `mark_price`, else its perp price; see `CarryTradeEnv`)."""
     borrow: bool = True
     """Charge interest on borrowed coins (short spot) and on negative USDT cash."""
     spot_borrow_rate_annual: float = 0.05
@@ -162,7 +163,10 @@ class EnvConfig:
 
     # ---- margin and liquidation ----
     margin: bool = True
-    """Enforce maintenance margin and liquidate when a margin ratio falls below 1."""
+    """Enforce maintenance margin at the mark price (isolated perps also at the bar's adverse
+    `perp_high` / `perp_low` where the frame has them) and liquidate when a ratio falls below 1.
+    Off, nothing is liquidated, but a step that would end with negative equity still closes the
+    account at zero (bankruptcy)."""
     maintenance_margin_rate: float = 0.005
     """Perp maintenance margin as a fraction of notional (Binance BTCUSDT first tier: 0.4 %-0.5
     %)."""

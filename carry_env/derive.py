@@ -158,6 +158,9 @@ def build_tensor(market: MarketData, config: EnvConfig) -> MarketTensor:
     m[:, :, k.M_LOG_DEPTH] = (
         np.log10(np.maximum(np.minimum(m[:, :, k.M_SDEPTH], m[:, :, k.M_PDEPTH]), 1.0)) - 6.0
     )
+    m[:, :, k.M_MARK] = np.where(np.isnan(market.mark), market.perp, market.mark)
+    m[:, :, k.M_HIGH_R] = np.where(np.isnan(market.perp_high), 1.0, market.perp_high / market.perp)
+    m[:, :, k.M_LOW_R] = np.where(np.isnan(market.perp_low), 1.0, market.perp_low / market.perp)
     m[:, :, k.M_LAG1H] = lag1
     m[:, :, k.M_LAG4H] = lag4
     return MarketTensor(

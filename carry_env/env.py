@@ -24,14 +24,24 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     spot on borrowed coins + long perp ("reverse carry"). The env replays every cash flow an
     exchange would book: funding at every settlement in the data (8 h, 4 h and 1 h intervals all
     work), maker/taker fees, half the spread, depth-based impact and a tick, interest on borrowed
-    coins and USDT, isolated (or unified) perp margin with liquidation at a haircut plus a
-    liquidation fee, a volatility-dependent leverage limit, and seeded anomalies (flash crashes with
+    coins and USDT, isolated (or unified) perp margin checked at the mark price (and, in isolated
+    mode, at the bar's adverse high or low) with liquidation at a haircut plus a liquidation fee, a
+    volatility-dependent leverage limit, and seeded anomalies (flash crashes with
     basis blow-outs and thin books, exchange halts, funding spikes and sign flips, market-data
     outages).
 
     Timing: the observation at bar t uses data stamped at or before t. Orders fill at bar t's prices
     (plus costs); the clock then moves to t + 1, where positions are marked, funding settled at t +
     1 is paid on the positions held over (t, t + 1], borrow interest accrues, and margin is checked.
+
+    Mark price: funding (`-perp_qty * mark * rate`) and maintenance margin use the frame's
+    `mark_price` where it has one for the bar, else the perp price of the data; a flash event moves
+    the mark with its spot gap but not with the perp's extra gap (the basis blow-out), as Binance's
+    mark (index plus a clamped moving average of the basis) would. The books and `price_pnl` mark
+    at the last price. With `perp_high` / `perp_low` in the frame, each isolated perp is also
+    checked at the bar's adverse extreme (high for a short, low for a long, carried to the mark as
+    `mark * extreme / close`); unified margin is checked at the close only (the frame has no spot
+    extremes to pair with the perps').
 
     ## Action Space
     `Box(-1, 1, (N,), float32)`: per asset a weight `a`; the hedged notional is `size = a * equity *
@@ -106,7 +116,14 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     bankruptcy (equity <= 0) or drawdown above `drawdown_limit`. Isolated margin liquidates only the
     failing perp (its collateral is lost, less what remains after the liquidation fee; the spot leg
     and the other assets stay open, now unhedged); unified margin liquidates the whole account, with
-    equity floored at zero; `truncated` at the end of the data or after `episode_length` bars.
+    equity floored at zero. An isolated perp liquidated at the close fills at the close's mark; one
+    that breaches only at the bar's extreme fills at its liquidation price (the mark at which its
+    ratio is exactly 1), not at the close, so the bar's recovery is not credited; either way the
+    position's remaining collateral pays the haircut and fee and anything beyond the bankruptcy
+    price is `insurance_fund`. A step that would end with negative equity (margin off, or a move
+    during a halt) is a bankruptcy: the venue closes every leg, equity ends at exactly 0 and the
+    shortfall is `insurance_fund`. `truncated` at the end of the data or after `episode_length`
+    bars.
 
     ## Anomalies
     Seeded from `np_random` through a stateless counter-based RNG (episode key, bar, stream), so
@@ -142,7 +159,13 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
       an action not of shape `(N,)` is an error (v0 broadcast a length-1 action to every
       asset); the rebalance band and minimum order apply to the hedged pair, so both legs trade or
       neither (v0 could trade one leg only after a basis move); a frame whose settlements are
-      further apart than 8 h, or than its `funding_interval_hours` says, is rejected.
+      further apart than 8 h, or than its `funding_interval_hours` says, is rejected; funding and
+      margin use the mark price (optional `mark_price` column, else the data's perp price without
+      the flash event's basis blow-out; v0 used the last price, so a flash spike of the perp alone
+      could liquidate a hedged book); isolated margin is also checked at the bar's adverse
+      `perp_high` / `perp_low` (v0 checked closes only: at `perp_leverage=10` six real BTC 8 h
+      candles breach at their low and v0 liquidated none); equity never ends a step below zero,
+      in either mode, even with margin off or halted (v0 let it go negative).
     - v0: first release.
     """
 

@@ -9,13 +9,15 @@ split path (an injected executor between planning and applying) run the same cod
 2. `sim_fill_env`: the simulated executor: full fills at mid, charged fees, half-spread, depth
    impact and tick.
 3. `apply_env`: book fills, move the clock one bar, mark to market, settle funding, accrue borrow,
-   check margin and liquidate, compute the reward, write info and the next observation.
+   check margin (at the close and the bar's adverse extreme) and liquidate, close a bankrupt
+   account, compute the reward, write info and the next observation.
 
 Accounting (all in quote currency): `equity = cash + sum(spot_qty * spot_price) + sum(collateral)`.
 Perp variation margin and funding are booked to the isolated collateral (unified mode: to cash), so
 every step `equity[t+1] - equity[t] == funding + price_pnl - fees - slippage - borrow -
 liquidation_loss + insurance_fund` holds exactly (`insurance_fund` >= 0: the part of a gap through
-the bankruptcy price that the venue's insurance fund absorbs).
+the bankruptcy price that the venue's insurance fund absorbs, and a bankrupt account's shortfall).
+Funding and margin use the mark price (`mark_price`); the books and `price_pnl` use the last price.
 
 State and outputs are arrays indexed by the constants below; the `CarryTradeEnv` docstring documents
 them.
@@ -127,7 +129,10 @@ M_LAG1H = 19  # bars in the 1 h / 4 h returns (constant per tensor; stored for t
 M_LAG4H = 20
 M_RET1 = 21  # 1-bar log return of spot (0 at the first bar)
 M_LOG_DEPTH = 22  # log10(min(spot depth, perp depth) / 1e6)
-N_MKT = 23
+M_MARK = 23  # mark price of the perp: the frame's mark_price, else the perp price (no anomalies)
+M_HIGH_R = 24  # perp high / perp close of the bar (1 where the frame has no high)
+M_LOW_R = 25  # perp low / perp close of the bar (1 where the frame has no low)
+N_MKT = 26
 
 # ---- per-env float state fs[B, F_*] ----
 F_CASH = 0
@@ -169,7 +174,8 @@ A_PX_P = 18
 A_MR = 19  # isolated margin ratio of the perp leg (inf when flat; unified: the account's ratio)
 A_SEEN_S = 20  # last prices the observation saw (they stand in for the marks during an outage)
 A_SEEN_P = 21
-N_AS = 22
+A_MR_BAR = 22  # isolated margin ratio at the bar's adverse extreme (inf when flat or unified)
+N_AS = 23
 
 # ---- per-env int state is_[B, I_*] ----
 I_T = 0
@@ -393,6 +399,24 @@ def effective_spread(
     if fs[b, F_FLASH_ON] > 0.0:
         return an.flash_spread(b, i, spread, cfg, fs, as_)
     return spread
+
+
+@_jit(inline="always")
+def mark_price(
+    b: int, i: int, t: int, mkt: np.ndarray, fs: np.ndarray, as_: np.ndarray, cfg: np.ndarray
+) -> float:
+    """Mark price of asset i's perp at bar t as env b sees it: what funding and margin use.
+
+    The frame's `mark_price` where it has one for the bar, else the perp price of the data (the
+    last price before anomalies). During a flash event the mark moves with the event's spot gap
+    (the index follows spot) but not with the perp's extra gap, the basis blow-out: Binance's
+    mark is the index plus a clamped moving average of the basis, which a few bars of dislocation
+    of the last price barely move.
+    """
+    m = mkt[t, i, M_MARK]
+    if fs[b, F_FLASH_ON] > 0.0:
+        return an.flash_mark(b, i, m, fs, as_)
+    return m
 
 
 @_jit(inline="always")
@@ -637,7 +661,8 @@ def _margin_ratios(
     b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
 ) -> float:
     # Fills as_[b, i, A_MR] (isolated per-asset ratio, inf when flat) and returns the binding ratio
-    # of the account.
+    # of the account at the close. Perps count at the mark: the books hold them at the last price,
+    # so each perp's margin adds `perp_qty * (mark - last)` and its maintenance is on mark notional.
     n = as_.shape[1]
     cash = fs[b, F_CASH]
     mmr = cfg[C_MMR]
@@ -650,8 +675,9 @@ def _margin_ratios(
             s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
             q = as_[b, i, A_SPOT]
             margin_eq += q * s * (1.0 - cfg[C_SPOT_HAIRCUT]) if q > 0.0 else q * s
-            margin_eq += as_[b, i, A_COLL]
-            req += mmr * abs(as_[b, i, A_PERP]) * p + smmr * max(-q, 0.0) * s
+            m = mark_price(b, i, t, mkt, fs, as_, cfg)
+            margin_eq += as_[b, i, A_COLL] + as_[b, i, A_PERP] * (m - p)
+            req += mmr * abs(as_[b, i, A_PERP]) * m + smmr * max(-q, 0.0) * s
             as_[b, i, A_MR] = np.inf
         if req > 0.0:
             worst = margin_eq / req
@@ -666,15 +692,57 @@ def _margin_ratios(
         q = as_[b, i, A_SPOT]
         spot_eq += q * s
         liab += max(-q, 0.0) * s
-        notional = abs(as_[b, i, A_PERP]) * p
+        m = mark_price(b, i, t, mkt, fs, as_, cfg)
+        notional = abs(as_[b, i, A_PERP]) * m
         if notional > 0.0:
-            as_[b, i, A_MR] = as_[b, i, A_COLL] / (mmr * notional)
+            coll_at_mark = as_[b, i, A_COLL] + as_[b, i, A_PERP] * (m - p)
+            as_[b, i, A_MR] = coll_at_mark / (mmr * notional)
             worst = min(worst, as_[b, i, A_MR])
         else:
             as_[b, i, A_MR] = np.inf
     if liab > 0.0:
         worst = min(worst, spot_eq / (smmr * liab))
     return worst
+
+
+@_jit(inline="always")
+def _bar_ratios(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> float:
+    """Isolated margin ratios at the bar's adverse extremes; returns the lowest (inf if none).
+
+    Fills `as_[b, i, A_MR_BAR]`: the ratio of asset i's perp with the mark at `mark * low / close`
+    for a long perp, `mark * high / close` for a short one (the data's intrabar range of the last
+    price, carried over to the mark). Where the frame has no high/low the ratio is the close's.
+    Unified mode leaves them at inf: the account's spot legs move with its perps within the bar,
+    and the frame has no spot extremes to pair them with, so unified margin is checked at the close.
+    """
+    worst = np.inf
+    n = as_.shape[1]
+    mmr = cfg[C_MMR]
+    unified = cfg[C_UNIFIED] > 0.0
+    for i in range(n):
+        q = as_[b, i, A_PERP]
+        as_[b, i, A_MR_BAR] = np.inf
+        if q == 0.0 or unified:
+            continue
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        x = mark_price(b, i, t, mkt, fs, as_, cfg)
+        x *= mkt[t, i, M_LOW_R] if q > 0.0 else mkt[t, i, M_HIGH_R]
+        as_[b, i, A_MR_BAR] = (as_[b, i, A_COLL] + q * (x - p)) / (mmr * abs(q) * x)
+        worst = min(worst, as_[b, i, A_MR_BAR])
+    return worst
+
+
+@_jit(inline="always")
+def liquidation_price(qty: float, last: float, collateral: float, mmr: float) -> float:
+    """Mark at which an isolated perp of `qty` contracts, booked at `last` with `collateral`,
+    reaches a margin ratio of exactly 1: `(qty * last - collateral) / (qty - mmr * |qty|)`.
+
+    At that mark the collateral left, `collateral + qty * (mark - last)`, equals the maintenance
+    margin `mmr * |qty| * mark`.
+    """
+    return (qty * last - collateral) / (qty - mmr * abs(qty))
 
 
 @_jit(inline="always")
@@ -716,36 +784,74 @@ def _close_perp(b: int, i: int, p: float, cfg: np.ndarray, as_: np.ndarray) -> f
 
 
 @_jit(inline="always")
-def _liquidate(
+def _close_account(
     b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
 ) -> tuple[float, float]:
-    # Returns (liquidation loss, insurance fund). Unified: the whole account is closed, every perp
-    # paying the liquidation fee, and its equity floored at zero. Isolated: only each perp whose own
-    # ratio is below 1 is closed, against its own collateral; the spot margin account (cash and
-    # spot legs) is closed only when its own ratio is below 1; everything else stays open.
+    # Close every leg of env b at the liquidation haircut (perps also pay the liquidation fee) and
+    # floor what is left at zero; returns (liquidation loss, insurance fund). A unified
+    # liquidation, and a bankruptcy in either mode.
+    before = fs[b, F_CASH]
+    cost = 0.0
+    for i in range(as_.shape[1]):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        before += as_[b, i, A_SPOT] * s + as_[b, i, A_COLL]
+        cost += _close_perp(b, i, p, cfg, as_)
+        as_[b, i, A_COLL] = 0.0
+    cost += _close_spot(b, t, mkt, cfg, fs, as_)
+    rest, loss, insurance = _absorb(before, cost)
+    fs[b, F_CASH] = rest
+    return loss, insurance
+
+
+@_jit(inline="always")
+def _liquidate_perp_at(
+    b: int, i: int, p: float, x: float, cfg: np.ndarray, as_: np.ndarray
+) -> tuple[float, float, float, float]:
+    # Liquidate asset i's isolated perp, booked at the last price `p`, at the mark `x`: the bar's
+    # variation margin is re-booked from p to x (the price P&L change; 0 when the mark is the last
+    # price), then the haircut and the fee at x come out of what collateral is left (never more
+    # than it; a negative rest is the insurance fund's). Returns (cash back, loss, insurance fund,
+    # price P&L change).
+    repriced = as_[b, i, A_PERP] * (x - p)
+    rest, lost, absorbed = _absorb(as_[b, i, A_COLL] + repriced, _close_perp(b, i, x, cfg, as_))
+    as_[b, i, A_COLL] = 0.0
+    return rest, lost, absorbed, repriced
+
+
+@_jit(inline="always")
+def _liquidate(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> tuple[float, float, float]:
+    # Returns (liquidation loss, insurance fund, price P&L change). Unified: the whole account is
+    # closed at the last prices (`_close_account`). Isolated: only each perp whose own ratio is
+    # below 1 is closed, against its own collateral, at a mark (`_liquidate_perp_at`): the close's
+    # mark when the close breaches (a gap: the first price the env knows past the line), else its
+    # liquidation price when only the bar's adverse extreme does (the mark crossed the line inside
+    # the bar and the engine took the position over there). Either way the trader loses what
+    # collateral the position had left at that mark, as on an exchange. The spot margin account
+    # (cash and spot legs) is closed only when its own ratio is below 1; everything else stays
+    # open.
     n = as_.shape[1]
     if cfg[C_UNIFIED] > 0.0:
-        before = fs[b, F_CASH]
-        cost = 0.0
-        for i in range(n):
-            s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
-            before += as_[b, i, A_SPOT] * s + as_[b, i, A_COLL]
-            cost += _close_perp(b, i, p, cfg, as_)
-            as_[b, i, A_COLL] = 0.0
-        cost += _close_spot(b, t, mkt, cfg, fs, as_)
-        rest, loss, insurance = _absorb(before, cost)
-        fs[b, F_CASH] = rest
-        return loss, insurance
+        loss, insurance = _close_account(b, t, mkt, cfg, fs, as_)
+        return loss, insurance, 0.0
     loss = 0.0
     insurance = 0.0
+    price_pnl = 0.0
     for i in range(n):
+        q = as_[b, i, A_PERP]
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
         if as_[b, i, A_PERP] != 0.0 and as_[b, i, A_MR] < 1.0:
-            s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
-            rest, lost, absorbed = _absorb(as_[b, i, A_COLL], _close_perp(b, i, p, cfg, as_))
-            as_[b, i, A_COLL] = 0.0
-            fs[b, F_CASH] += rest
-            loss += lost
-            insurance += absorbed
+            x = mark_price(b, i, t, mkt, fs, as_, cfg)
+        elif q != 0.0 and as_[b, i, A_MR_BAR] < 1.0:
+            x = liquidation_price(q, p, as_[b, i, A_COLL], cfg[C_MMR])
+        else:
+            continue
+        rest, lost, absorbed, repriced = _liquidate_perp_at(b, i, p, x, cfg, as_)
+        fs[b, F_CASH] += rest
+        loss += lost
+        insurance += absorbed
+        price_pnl += repriced
     spot_eq = fs[b, F_CASH]
     liab = max(-fs[b, F_CASH], 0.0)
     for i in range(n):
@@ -759,7 +865,7 @@ def _liquidate(
         fs[b, F_CASH] = rest
         loss += lost
         insurance += absorbed
-    return loss, insurance
+    return loss, insurance, price_pnl
 
 
 @_jit(inline="always")
@@ -842,7 +948,7 @@ def apply_env(
             as_[b, i, A_R2] = as_[b, i, A_R1]
             as_[b, i, A_R1] = rate
             if cfg[C_FUNDING] > 0.0:
-                fund = -qp * p1 * rate
+                fund = -qp * mark_price(b, i, t1, mkt, fs, as_, cfg) * rate
         funding_pnl += fund
         if unified:
             fs[b, F_CASH] += var_perp + fund
@@ -856,14 +962,24 @@ def apply_env(
     halted1 = is_[b, I_HALT] > 0
     flags[b, G_HALTED] = halted1
     ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
+    worst = min(ratio, _bar_ratios(b, t1, mkt, cfg, fs, as_))
     liq_loss = 0.0
     insurance = 0.0
     liquidated = False
-    if cfg[C_MARGIN] > 0.0 and not halted1 and ratio < 1.0:
-        liq_loss, insurance = _liquidate(b, t1, mkt, cfg, fs, as_)
+    if cfg[C_MARGIN] > 0.0 and not halted1 and worst < 1.0:
+        liq_loss, insurance, repriced = _liquidate(b, t1, mkt, cfg, fs, as_)
+        price_pnl += repriced
         liquidated = True
         ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
     e1 = equity_of(b, t1, mkt, fs, as_, cfg)
+    if e1 < 0.0:
+        # Bankrupt (margin off, or halted): the venue closes the account and its insurance fund
+        # takes the shortfall, so equity never ends a step below zero.
+        lost, absorbed = _close_account(b, t1, mkt, cfg, fs, as_)
+        liq_loss += lost
+        insurance += absorbed
+        ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
+        e1 = equity_of(b, t1, mkt, fs, as_, cfg)
     fs[b, F_EQUITY] = e1
     fs[b, F_MARGIN_RATIO] = min(ratio, MARGIN_RATIO_CAP)
     if e1 > fs[b, F_PEAK]:

@@ -3,8 +3,9 @@
 The market frame (see ARCHITECTURE.md) has one row per bar per symbol: `ts` (UTC, the time the row's
 values are known), `symbol`, `spot_price`, `perp_price`, `funding_rate` (settled at `ts`; null where
 none settles), and optionally `spot_depth_usd`, `perp_depth_usd`, `spread_bps`, `sentiment`,
-`funding_interval_hours` (checked against the spacing of settlements, then dropped) and feature
-columns prefixed `f_`. Polars or pandas come in at this boundary only; everything after it
+`funding_interval_hours` (checked against the spacing of settlements, then dropped), the price
+detail `mark_price`, `perp_high`, `perp_low` (see `PRICE_DETAIL_COLUMNS`) and feature columns
+prefixed `f_`. Polars or pandas come in at this boundary only; everything after it
 is numpy.
 """
 
@@ -21,7 +22,17 @@ if TYPE_CHECKING:
 
 REQUIRED_COLUMNS = ("ts", "symbol", "spot_price", "perp_price", "funding_rate")
 OPTIONAL_COLUMNS = ("spot_depth_usd", "perp_depth_usd", "spread_bps", "sentiment")
-# Forward-filled on missing ticks (bounded); funding is never filled.
+PRICE_DETAIL_COLUMNS = ("mark_price", "perp_high", "perp_low")
+"""Optional, and null wherever unknown (never forward-filled): `mark_price` is the venue's mark of
+the perp at the bar (the pipeline's `raw_funding_rates.mark_price`, often known at settlements
+only); funding and margin use it where present and the perp price where not (`carry_env.kernel`).
+`perp_high` / `perp_low` are the extremes of the perp's last price over the bar that ends at `ts`
+(the pipeline's `market_bars` OHLC); where present, maintenance margin is also checked at the
+adverse extreme, not only at the close."""
+MAX_MARK_DEVIATION = 0.5
+"""A mark more than 50 % away from the perp price of its bar is another market's mark (or a unit
+error), not a basis."""
+# Forward-filled on missing ticks (bounded); funding and the price detail are never filled.
 FILLED_COLUMNS = ("spot_price", "perp_price", *OPTIONAL_COLUMNS)
 MAX_ABS_FUNDING_RATE = 0.1
 """A funding print beyond 10 % per interval is a unit error (percent instead of fraction), not a
@@ -56,6 +67,12 @@ class MarketData:
     sentiment: np.ndarray
     stale: np.ndarray
     """`[T, N]` bool: a price of this bar was forward-filled from an earlier one."""
+    mark: np.ndarray
+    """Mark price of the perp (`mark_price`); NaN where the frame has none for the bar."""
+    perp_high: np.ndarray
+    """Highest perp price within the bar (`perp_high`); NaN where unknown."""
+    perp_low: np.ndarray
+    """Lowest perp price within the bar (`perp_low`); NaN where unknown."""
     features: np.ndarray
     """`[T, N, F]` float64 user features (`f_*` columns); 0 before a feature's first value (warm-
     up).
@@ -118,6 +135,9 @@ class MarketData:
             spread_bps=self.spread_bps[sl],
             sentiment=self.sentiment[sl],
             stale=self.stale[sl],
+            mark=self.mark[sl],
+            perp_high=self.perp_high[sl],
+            perp_low=self.perp_low[sl],
             features=self.features[sl],
         )
 
@@ -176,7 +196,7 @@ def _build(df: pl.DataFrame, max_stale_bars: int) -> MarketData:
     df = _normalise_ts(df)
     feature_names = tuple(sorted(c for c in df.columns if c.startswith("f_")))
     numeric = ["spot_price", "perp_price", "funding_rate"]
-    numeric += [c for c in OPTIONAL_COLUMNS if c in df.columns]
+    numeric += [c for c in (*OPTIONAL_COLUMNS, *PRICE_DETAIL_COLUMNS) if c in df.columns]
     numeric += list(feature_names)
     for c in numeric:
         if not df.schema[c].is_numeric():
@@ -194,7 +214,14 @@ def _build(df: pl.DataFrame, max_stale_bars: int) -> MarketData:
     t, n = grid.shape[0], len(symbols)
     cols = {
         c: np.full((t, n), np.nan)
-        for c in ["spot_price", "perp_price", "funding_rate", *OPTIONAL_COLUMNS, *feature_names]
+        for c in [
+            "spot_price",
+            "perp_price",
+            "funding_rate",
+            *OPTIONAL_COLUMNS,
+            *PRICE_DETAIL_COLUMNS,
+            *feature_names,
+        ]
     }
     present = np.zeros((t, n), dtype=bool)
     for j, s in enumerate(symbols):
@@ -205,6 +232,7 @@ def _build(df: pl.DataFrame, max_stale_bars: int) -> MarketData:
             if c in part.columns:
                 cols[c][rows, j] = part.get_column(c).fill_nan(None).to_numpy().astype(np.float64)
     _check_values(cols, symbols, grid)
+    _check_price_detail(cols, symbols, grid)
     stated = None
     if STATED_INTERVAL_COLUMN in df.columns:
         stated = np.full((t, n), np.nan)
@@ -239,6 +267,9 @@ def _build(df: pl.DataFrame, max_stale_bars: int) -> MarketData:
         spread_bps=cols["spread_bps"],
         sentiment=cols["sentiment"],
         stale=stale,
+        mark=cols["mark_price"],
+        perp_high=cols["perp_high"],
+        perp_low=cols["perp_low"],
         features=feats,
         feature_names=feature_names,
     )
@@ -296,7 +327,8 @@ def _check_grid(ts_ns: dict[str, np.ndarray]) -> int:
 
 
 def _check_values(cols: dict[str, np.ndarray], symbols: tuple[str, ...], grid: np.ndarray) -> None:
-    for c in ("spot_price", "perp_price", "spot_depth_usd", "perp_depth_usd"):
+    positive = ("spot_price", "perp_price", "spot_depth_usd", "perp_depth_usd")
+    for c in (*positive, *PRICE_DETAIL_COLUMNS):
         x = cols[c]
         bad = ~np.isnan(x) & ~(np.isfinite(x) & (x > 0))
         _raise_if(bad, f"column {c} must be positive and finite", symbols, grid)
@@ -314,6 +346,30 @@ def _check_values(cols: dict[str, np.ndarray], symbols: tuple[str, ...], grid: n
         symbols,
         grid,
     )
+
+
+def _check_price_detail(
+    cols: dict[str, np.ndarray], symbols: tuple[str, ...], grid: np.ndarray
+) -> None:
+    """The bar's extremes must contain its close, and a mark must be near its perp price.
+
+    Raises:
+        ValueError: `perp_low > perp_price`, `perp_high < perp_price`, `perp_low > perp_high`, or
+            a mark more than `MAX_MARK_DEVIATION` from the perp price; the message names the
+            column, the symbol and the first bad bar.
+    """
+    perp, high, low, mark = (cols[c] for c in ("perp_price", "perp_high", "perp_low", "mark_price"))
+    with np.errstate(invalid="ignore"):
+        _raise_if(high < perp, "column perp_high is below perp_price", symbols, grid)
+        _raise_if(low > perp, "column perp_low is above perp_price", symbols, grid)
+        _raise_if(low > high, "column perp_low is above perp_high", symbols, grid)
+        _raise_if(
+            np.abs(mark / perp - 1.0) > MAX_MARK_DEVIATION,
+            f"column mark_price is more than {MAX_MARK_DEVIATION:.0%} away from perp_price "
+            "(another market's mark, or a unit error)",
+            symbols,
+            grid,
+        )
 
 
 def _check_settlement_spacing(

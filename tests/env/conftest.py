@@ -38,9 +38,13 @@ def make_frame(
     symbol: str = "BTC/USDT:USDT",
     depth: float | None = None,
     spread_bps: float | None = None,
+    mark: Sequence[float | None] | None = None,
+    perp_high: Sequence[float | None] | None = None,
+    perp_low: Sequence[float | None] | None = None,
 ) -> pl.DataFrame:
     """One symbol on a 15-minute grid from 2024-01-01 00:00 UTC; funding None where nothing
-    settles."""
+    settles; `mark`, `perp_high`, `perp_low` become the optional price-detail columns (None where
+    unknown)."""
     n = len(spot)
     cols: dict[str, object] = {
         "ts": [T0 + i * BAR for i in range(n)],
@@ -54,7 +58,10 @@ def make_frame(
         cols["perp_depth_usd"] = [depth] * n
     if spread_bps is not None:
         cols["spread_bps"] = [spread_bps] * n
-    return pl.DataFrame(cols, schema_overrides={"funding_rate": pl.Float64})
+    detail = {"mark_price": mark, "perp_high": perp_high, "perp_low": perp_low}
+    cols.update({name: list(x) for name, x in detail.items() if x is not None})
+    floats = {name: pl.Float64 for name in ("funding_rate", *detail) if name in cols}
+    return pl.DataFrame(cols, schema_overrides=floats)
 
 
 def random_frame(

@@ -16,7 +16,7 @@ import pytest
 from carry_env import CarryTradeDiscreteEnv, CarryTradeEnv, EnvConfig
 from carry_env.kernel import margin_buffer, uniform
 
-from .conftest import BAR_YEARS, FRICTIONLESS, make_frame
+from .conftest import BAR_YEARS, FRICTIONLESS, booked_flows, make_frame
 
 FLAT = [100.0] * 6
 
@@ -421,12 +421,130 @@ def test_drawdown_breach_terminates() -> None:
     assert terminated and info["drawdown_breach"] and not info["liquidated"]
 
 
-def test_bankruptcy_terminates() -> None:
-    # Unhedged by construction: spot collapses 99 % with margin checks off; the leveraged long spot
-    # (leverage_cap 4: 200,000 of spot on 100,000 of equity) loses more than the account holds.
-    env = _env(_cfg(margin=False, leverage_cap=4.0), spot=[100, 1, 1], perp=[100, 100, 100])
+@pytest.mark.parametrize(
+    ("mode", "config"),
+    [
+        ("isolated", _cfg(margin=False, leverage_cap=4.0)),  # margin checks off
+        ("unified", _cfg(margin=False, leverage_cap=4.0, margin_mode="unified")),
+        ("unified", dataclasses.replace(HALT_EVERY_BAR, leverage_cap=4.0, margin_mode="unified")),
+    ],
+)
+def test_bankruptcy_floors_equity_at_zero(mode: str, config: EnvConfig) -> None:
+    # Unhedged by construction: spot collapses 99 % with nothing to liquidate first (margin off,
+    # or the venue halted from bar 1). leverage_cap 4: 2,000 coins (200,000) of spot against
+    # -2,000 perps at 100. At bar 1 spot is 1: price P&L 2,000 * -99 = -198,000 on 100,000 of
+    # equity, 98,000 more than the account holds (isolated: cash -166,666.67 + spot 2,000 +
+    # collateral 66,666.67; unified: cash -100,000 + spot 2,000). The venue closes the account,
+    # equity ends at 0 and the insurance fund takes the 98,000; the trader's loss is the 100,000.
+    assert config.margin_mode == mode
+    env = _env(config, spot=[100, 1, 1], perp=[100, 100, 100])
+    _, reward, terminated, _, info = env.step(np.array([1.0]))
+    assert terminated and info["bankrupt"] and not info["liquidated"]
+    assert info["equity"] == 0.0 and info["cash"] == 0.0
+    assert not info["spot_qty"].any() and not info["perp_qty"].any()
+    assert not info["collateral"].any()
+    assert info["price_pnl"] == pytest.approx(-198_000.0)
+    assert info["liquidation_loss"] == 0.0
+    assert info["insurance_fund"] == pytest.approx(98_000.0)
+    assert info["equity"] - 100_000 == pytest.approx(booked_flows(info), abs=1e-6)
+    assert reward <= 1e4 * -198_000 / 100_000  # the insurance fund's share is not paid for
+
+
+def test_funding_settles_at_the_mark_price() -> None:
+    # Short 750 perps; at the settlement the last price is 100 but the mark is 102:
+    # 750 * 102 * 0.0001 = 7.65 (7.5 at the last price). No mark on other bars: nothing else moves.
+    env = _env(
+        FRICTIONLESS,
+        funding=[None, 0.0001, None, None, None, None],
+        mark=[None, 102.0, None, None, None, None],
+    )
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["funding_pnl"] == pytest.approx(7.65, abs=1e-9)
+    assert info["price_pnl"] == 0.0
+    assert info["equity"] == pytest.approx(100_007.65, abs=1e-9)
+
+
+def test_a_mark_move_through_maintenance_liquidates_at_the_mark() -> None:
+    # The last price stays at 100, the mark goes to 133. At the mark the short's 25,000 of
+    # collateral is 25,000 - 750 * 33 = 250 against 0.5 % * 750 * 133 = 498.75: ratio 0.5 ->
+    # liquidated at the mark. Variation margin is re-booked from 100 to 133 (price P&L -24,750);
+    # the haircut and fee (750 * 133 * 1.5 % = 1,496.25) exceed the 250 left, so the loss is 250:
+    # the whole 25,000 of collateral is gone, as on an exchange. Spot stays: equity 75,000.
+    env = _env(FRICTIONLESS, mark=[100.0, 133.0, 133.0, 133.0, 133.0, 133.0])
     _, _, terminated, _, info = env.step(np.array([1.0]))
-    assert terminated and info["bankrupt"] and info["equity"] < 0
+    assert info["liquidated"] and terminated
+    assert info["price_pnl"] == pytest.approx(-24_750.0)
+    assert info["liquidation_loss"] == pytest.approx(250.0)
+    assert info["insurance_fund"] == 0.0
+    assert info["equity"] == pytest.approx(75_000.0)
+    assert info["perp_qty"][0] == 0.0 and info["spot_qty"][0] == pytest.approx(750.0)
+
+
+FLASH_ON_BAR_1 = _cfg(
+    anomalies=True,
+    flash_crash_per_day=96.0,
+    halt_per_day=0.0,
+    feed_outage_per_day=0.0,
+    funding_spike_prob=0.0,
+    flash_size=0.01,
+    flash_basis_overshoot=100.0,
+    flash_deepen_bars_max=1,
+    flash_basis_widen_bars_max=0,
+    perp_leverage=10.0,
+)
+"""A flash event starts at bar 1 with its trough there: spot gaps 0.5-1.5 %, the perp up to 100x
+more (capped at 95 %): a blow-out of the last price only."""
+
+
+def test_a_flash_spike_of_the_last_price_does_not_liquidate() -> None:
+    # Reverse carry at 10x perp leverage (long 750 perps, 7,500 of collateral). Seed 3 draws a
+    # crash at bar 1 whose perp gap takes the last price past bankruptcy (the collateral booked at
+    # the last price goes negative) while the mark moves with spot only (about -1 %): the margin
+    # ratio at the mark stays far above 1 and nothing is liquidated, through the whole event.
+    env = CarryTradeEnv(make_frame([100.0] * 8), FLASH_ON_BAR_1)
+    env.reset(seed=3)
+    _, _, _, _, info = env.step(np.array([-1.0]))
+    assert info["flash_event"]
+    assert info["collateral"][0] < 0.0  # at the last price the long perp is past bankruptcy
+    assert info["margin_ratio"] > 10.0 and not info["liquidated"]
+    for _ in range(5):
+        _, _, terminated, _, info = env.step(np.array([np.nan]))
+        assert not info["liquidated"] and not terminated
+
+
+def test_intrabar_high_liquidates_a_short_at_its_liquidation_price() -> None:
+    # Short 750 perps at 10x: 7,500 of collateral. Bar 1 closes at 105 (collateral 3,750 against
+    # 0.5 % * 78,750 = 393.75: ratio 9.5, safe at the close) but trades up to 111 inside the bar:
+    # at 111 the collateral is -750, a breach. The liquidation price (ratio exactly 1) is
+    # (750 * 105 + 3,750) / (750 * 1.005) = 109.4527; the position fills there: variation margin
+    # re-booked from 105 to it (-3,339.55), leaving the maintenance margin 410.45, which the
+    # haircut and fee (1.5 % of 82,089.55) exceed: loss 410.45. Spot +3,750 stays open: equity
+    # 100,000 - 7,500 + 3,750 = 96,250. Without the high the bar does not liquidate.
+    cfg = _cfg(perp_leverage=10.0)
+    spot = [100.0, 105.0, 105.0]
+    x = (750 * 105 + 3_750) / (750 * 1.005)
+    env = _env(cfg, spot=spot, perp_high=[None, 111.0, None])
+    _, _, terminated, _, info = env.step(np.array([1.0]))
+    assert info["liquidated"] and terminated
+    assert info["price_pnl"] == pytest.approx(750 * 5 - 750 * (x - 100))
+    assert info["liquidation_loss"] == pytest.approx(0.005 * 750 * x)
+    assert info["insurance_fund"] == 0.0
+    assert info["equity"] == pytest.approx(96_250.0)
+    assert info["equity"] - 100_000 == pytest.approx(booked_flows(info), abs=1e-6)
+    _, _, _, _, info = _env(cfg, spot=spot).step(np.array([1.0]))
+    assert not info["liquidated"] and info["margin_ratio"] == pytest.approx(3_750 / 393.75)
+
+
+def test_intrabar_low_liquidates_a_long_perp_but_not_a_short() -> None:
+    # The same 10x legs, bar 1 closing at 95 with a low of 89: the long perp of a reverse carry
+    # (a = -1) breaches at the low; the short perp of a long carry (a = +1) is checked at the high
+    # (none given: the close) and gains.
+    cfg = _cfg(perp_leverage=10.0)
+    frame = {"spot": [100.0, 95.0, 95.0], "perp_low": [None, 89.0, None]}
+    _, _, _, _, info = _env(cfg, **frame).step(np.array([-1.0]))
+    assert info["liquidated"]
+    _, _, _, _, info = _env(cfg, **frame).step(np.array([1.0]))
+    assert not info["liquidated"]
 
 
 def test_volatility_penalty_grows_with_unhedged_risk() -> None:

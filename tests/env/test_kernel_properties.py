@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import polars as pl
 from hypothesis import HealthCheck, event, given, settings, target
 from hypothesis import strategies as st
 
@@ -14,6 +15,24 @@ from carry_env import CarryTradeEnv, EnvConfig, MarketData
 from .conftest import booked_flows, random_frame
 
 MARKET = MarketData.from_frame(random_frame(seed=7, n_bars=300))
+
+
+def _with_price_detail(frame: pl.DataFrame, seed: int) -> pl.DataFrame:
+    # A mark within a few bp of the perp on about half the bars (null elsewhere) and intrabar
+    # extremes up to a few % beyond the close, so marks and intrabar liquidations both occur.
+    rng = np.random.default_rng(seed)
+    n = frame.height
+    perp = frame.get_column("perp_price").to_numpy()
+    mark = np.where(rng.random(n) < 0.5, perp * (1.0 + rng.normal(0.0, 5e-4, n)), np.nan)
+    return frame.with_columns(
+        mark_price=pl.Series(mark).fill_nan(None),
+        perp_high=pl.Series(perp * (1.0 + np.abs(rng.normal(0.0, 0.01, n)))),
+        perp_low=pl.Series(perp * (1.0 - np.abs(rng.normal(0.0, 0.01, n)))),
+    )
+
+
+MARKET_DETAIL = MarketData.from_frame(_with_price_detail(random_frame(seed=7, n_bars=300), 11))
+"""The same market with `mark_price`, `perp_high` and `perp_low`."""
 STRESS = EnvConfig(
     flash_crash_per_day=3.0,
     halt_per_day=2.0,
@@ -42,6 +61,8 @@ weights = st.one_of(st.floats(-1.5, 1.5, allow_nan=False), st.just(float("nan"))
     perp_leverage=st.floats(1.0, 20.0),
     slippage_model=st.sampled_from(["linear", "sqrt"]),
     maker_fraction=st.floats(0.0, 1.0),
+    price_detail=st.booleans(),
+    margin=st.booleans(),
 )
 def test_accounting_identity_holds_for_any_actions(
     seed: int,
@@ -54,6 +75,8 @@ def test_accounting_identity_holds_for_any_actions(
     perp_leverage: float,
     slippage_model: str,
     maker_fraction: float,
+    price_detail: bool,
+    margin: bool,
 ) -> None:
     config = dataclasses.replace(
         STRESS,
@@ -65,11 +88,12 @@ def test_accounting_identity_holds_for_any_actions(
         perp_leverage=perp_leverage,
         slippage_model=slippage_model,
         maker_fraction=maker_fraction,
+        margin=margin,
     )
-    env = CarryTradeEnv(MARKET, config)
+    env = CarryTradeEnv(MARKET_DETAIL if price_detail else MARKET, config)
     obs, info = env.reset(seed=seed, options={"start": start})
     equity = info["equity"]
-    seen = {"funding": 0, "liquidation": 0, "insurance": 0, "anomaly": 0}
+    seen = {"funding": 0, "liquidation": 0, "insurance": 0, "anomaly": 0, "bankruptcy": 0}
     steps = 0
     for *a, hold in actions:
         for _ in range(hold):
@@ -79,6 +103,7 @@ def test_accounting_identity_holds_for_any_actions(
             seen["funding"] += info["funding_pnl"] != 0.0
             seen["liquidation"] += bool(info["liquidated"])
             seen["insurance"] += info["insurance_fund"] > 0.0
+            seen["bankruptcy"] += bool(info["bankrupt"])
             seen["anomaly"] += bool(
                 info["flash_event"] or info["halted"] or info["stale"] or info["funding_spike"]
             )
@@ -89,7 +114,7 @@ def test_accounting_identity_holds_for_any_actions(
                 break
         if terminated or truncated:
             break
-    mode = "unified" if unified else "isolated"
+    mode = ("unified" if unified else "isolated") + (" with price detail" if price_detail else "")
     for name, count in seen.items():
         if count:
             event(f"{mode}: {name} occurred")
@@ -107,6 +132,7 @@ def _check_step(
     assert info["fees"] >= 0 and info["slippage"] >= 0 and info["borrow_cost"] >= 0
     assert info["slippage"] == np.float64(info["spread_cost"]) + info["impact_cost"]
     assert info["liquidation_loss"] >= 0.0 and info["insurance_fund"] >= 0.0
+    assert info["equity"] >= 0.0  # bankruptcy floors equity at zero, in either mode
     assert not (info["liquidated"] and info["halted"])
     if info["liquidated"]:
         assert reward <= 0.0

@@ -32,6 +32,9 @@ def _market() -> MarketData:
         spread_bps=nan,
         sentiment=nan,
         stale=np.zeros((t, 1), dtype=bool),
+        mark=nan,
+        perp_high=nan,
+        perp_low=nan,
         features=np.zeros((t, 1, 0)),
         feature_names=(),
     )

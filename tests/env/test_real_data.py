@@ -120,3 +120,91 @@ def test_rebalances_on_real_data_trade_both_legs_or_neither(frame: pl.DataFrame)
         if terminated or truncated:
             break
     assert rebalances > 500 and one_leg == 0
+
+
+EIGHT_HOURS = RAW.parent / "BTCUSDT_8h.csv"
+BREACHING_LOWS = (
+    "2023-08-17 16:00",
+    "2024-01-03 08:00",
+    "2024-03-05 16:00",
+    "2024-04-13 16:00",
+    "2024-08-05 00:00",
+    "2024-12-05 16:00",
+)
+"""Opens (UTC) of the 8 h candles whose perp low is more than 9.55 % below the open: where a long
+perp at 10x (liquidated below `0.9 / 0.995` of its entry) breaches maintenance inside the bar.
+None of them closes that far down."""
+
+
+@pytest.fixture(scope="module")
+def frame_8h() -> pl.DataFrame:
+    """8 h bars stamped at their close: both closes, the perp's high and low, the print settled at
+    the close and the mark published with it (null where the file has none)."""
+    raw = pl.read_csv(EIGHT_HOURS, try_parse_dates=True)
+    prints = raw.select(
+        ts=pl.col("Timestamp").dt.replace_time_zone("UTC"),
+        funding_rate=pl.col("funding_rate"),
+        mark_price=pl.col("funding_markPrice").cast(pl.Float64),  # read as text: leading nulls
+    )
+    bars = raw.head(raw.height - 1).select(  # the last candle was still open
+        ts=(pl.col("Timestamp") + timedelta(hours=8)).dt.replace_time_zone("UTC"),
+        spot_price=pl.col("spot_close"),
+        perp_price=pl.col("perp_close"),
+        perp_high=pl.col("perp_high"),
+        perp_low=pl.col("perp_low"),
+    )
+    return bars.join(prints, on="ts", how="left").with_columns(symbol=pl.lit("BTC/USDT:USDT"))
+
+
+@pytest.mark.parametrize("with_mark", [False, True])
+def test_intrabar_lows_liquidate_a_10x_long_perp_on_real_8h_bars(
+    frame_8h: pl.DataFrame, with_mark: bool
+) -> None:
+    # Reverse carry (long perp) re-opened every bar at perp_leverage 10 (no band: the perp trades
+    # and its collateral is reset at each bar's close), liquidations not ending the episode. The
+    # perp is liquidated in exactly the six candles whose low breaches maintenance; at the closes
+    # alone (v0, or a frame without high/low) none is. With the published marks the same six.
+    frame = frame_8h if with_mark else frame_8h.drop("mark_price")
+    config = dataclasses.replace(FRICTIONLESS, perp_leverage=10.0, liquidation_ends_episode=False)
+
+    def liquidated_candles(frame: pl.DataFrame) -> list[str]:
+        env = CarryTradeEnv(frame, config)
+        _, info = env.reset(seed=0)
+        equity, opens = info["equity"], []
+        while True:
+            _, _, terminated, truncated, info = env.step(np.array([-1.0]))
+            assert info["equity"] - equity == pytest.approx(booked_flows(info), abs=1e-6)
+            equity = info["equity"]
+            if info["liquidated"]:  # the bar just closed: its candle opened 8 h earlier
+                close = np.datetime64(int(env.market.ts[env.engine.is_[0, 0]]), "ns")
+                opens.append(str(close - np.timedelta64(8, "h"))[:16].replace("T", " "))
+            if terminated or truncated:
+                break
+        assert truncated
+        return opens
+
+    assert liquidated_candles(frame) == list(BREACHING_LOWS)
+    assert liquidated_candles(frame.drop("perp_high", "perp_low")) == []
+
+
+def test_funding_on_real_8h_bars_settles_at_the_published_mark(frame_8h: pl.DataFrame) -> None:
+    # Long carry opened on the first bar and held (margin off, so the short survives the rally):
+    # each print pays -perp_qty * mark * rate, with the mark published with the print where the
+    # file has one (1,503 of the 1,958 prints after the first bar) and the perp close where not.
+    env = CarryTradeEnv(frame_8h, dataclasses.replace(FRICTIONLESS, margin=False))
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.array([1.0]))
+    perp_qty, total = info["perp_qty"][0], info["funding_pnl"]
+    while True:
+        _, _, terminated, truncated, info = env.step(np.array([np.nan]))
+        total += info["funding_pnl"]
+        if terminated or truncated:
+            break
+    prints = frame_8h.slice(1).filter(pl.col("funding_rate").is_not_null())
+    mark = prints["mark_price"].fill_null(prints["perp_price"])
+    assert prints["mark_price"].is_not_null().sum() == 1_503 and prints.height == 1_958
+    assert total == pytest.approx(
+        float((-perp_qty * mark * prints["funding_rate"]).sum()), rel=1e-12
+    )
+    at_last = float((-perp_qty * prints["perp_price"] * prints["funding_rate"]).sum())
+    assert abs(total - at_last) > 1e-6 * abs(total)  # the marks differ from the closes

@@ -1,4 +1,5 @@
-"""Mutations of the kernel's margin, liquidation and unified-funding code (carry_env/kernel.py)."""
+"""Mutations of the kernel's margin, liquidation, mark-price, intrabar-margin, bankruptcy and
+unified-funding code (carry_env/kernel.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="margin-liquidation-threshold",
         path=_KERNEL,
-        old="    if cfg[C_MARGIN] > 0.0 and not halted1 and ratio < 1.0:\n",
-        new="    if cfg[C_MARGIN] > 0.0 and not halted1 and ratio < 0.4:\n",
+        old="    if cfg[C_MARGIN] > 0.0 and not halted1 and worst < 1.0:\n",
+        new="    if cfg[C_MARGIN] > 0.0 and not halted1 and worst < 0.4:\n",
         tests=_TESTS,
         note="Liquidation only far below maintenance (ratio 0.5 of the +33 % case survives).",
     ),
@@ -43,8 +44,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="margin-halt-does-not-block-liquidation",
         path=_KERNEL,
-        old="    if cfg[C_MARGIN] > 0.0 and not halted1 and ratio < 1.0:\n",
-        new="    if cfg[C_MARGIN] > 0.0 and ratio < 1.0:\n",
+        old="    if cfg[C_MARGIN] > 0.0 and not halted1 and worst < 1.0:\n",
+        new="    if cfg[C_MARGIN] > 0.0 and worst < 1.0:\n",
         tests=("tests/env/test_kernel.py::test_no_liquidation_while_halted",),
         note="Liquidations allowed during an exchange halt.",
     ),
@@ -55,5 +56,75 @@ MUTATIONS: list[Mutation] = [
         new="        if as_[b, i, A_PERP] != 0.0:\n",
         tests=_TESTS,
         note="Isolated margin closes every perp when one fails (no isolation).",
+    ),
+    Mutation(
+        id="margin-funding-at-last-price",
+        path=_KERNEL,
+        old="                fund = -qp * mark_price(b, i, t1, mkt, fs, as_, cfg) * rate\n",
+        new="                fund = -qp * p1 * rate\n",
+        tests=(
+            "tests/env/test_kernel.py::test_funding_settles_at_the_mark_price",
+            "tests/env/test_real_data.py::test_funding_on_real_8h_bars_settles_at_the_published_mark",
+        ),
+        note="Funding settles on the last perp price, not the mark (v0).",
+    ),
+    Mutation(
+        id="margin-isolated-ratio-at-last-price",
+        path=_KERNEL,
+        old="            coll_at_mark = as_[b, i, A_COLL] + as_[b, i, A_PERP] * (m - p)\n",
+        new="            coll_at_mark = as_[b, i, A_COLL]\n",
+        tests=(
+            "tests/env/test_kernel.py::test_a_mark_move_through_maintenance_liquidates_at_the_mark",
+        ),
+        note="The isolated margin ratio ignores the mark's distance from the last price.",
+    ),
+    Mutation(
+        id="margin-mark-carries-flash-blowout",
+        path=_KERNEL,
+        old="        return an.flash_mark(b, i, m, fs, as_)\n",
+        new="        return an.flash_prices(b, i, m, m, 1.0, 1.0, cfg, fs, as_)[1]\n",
+        tests=(
+            "tests/env/test_kernel.py::test_a_flash_spike_of_the_last_price_does_not_liquidate",
+        ),
+        note="During a flash event the mark follows the basis blow-out, as the last price does.",
+    ),
+    Mutation(
+        id="margin-intrabar-ignored",
+        path=_KERNEL,
+        old="    worst = min(ratio, _bar_ratios(b, t1, mkt, cfg, fs, as_))\n",
+        new="    worst = ratio\n",
+        tests=(
+            "tests/env/test_kernel.py::test_intrabar_high_liquidates_a_short_at_its_liquidation_price",
+            "tests/env/test_real_data.py::test_intrabar_lows_liquidate_a_10x_long_perp_on_real_8h_bars",
+        ),
+        note="Maintenance margin checked at the close only, the bar's high/low ignored (v0).",
+    ),
+    Mutation(
+        id="margin-intrabar-wrong-extreme",
+        path=_KERNEL,
+        old="        x *= mkt[t, i, M_LOW_R] if q > 0.0 else mkt[t, i, M_HIGH_R]\n",
+        new="        x *= mkt[t, i, M_HIGH_R] if q > 0.0 else mkt[t, i, M_LOW_R]\n",
+        tests=(
+            "tests/env/test_kernel.py::test_intrabar_low_liquidates_a_long_perp_but_not_a_short",
+        ),
+        note="A long perp is checked at the high and a short at the low (the favourable side).",
+    ),
+    Mutation(
+        id="margin-intrabar-fills-at-close",
+        path=_KERNEL,
+        old="            x = liquidation_price(q, p, as_[b, i, A_COLL], cfg[C_MMR])\n",
+        new="            x = p\n",
+        tests=(
+            "tests/env/test_kernel.py::test_intrabar_high_liquidates_a_short_at_its_liquidation_price",
+        ),
+        note="An intrabar liquidation fills at the close, crediting the bar's recovery.",
+    ),
+    Mutation(
+        id="margin-bankruptcy-only-after-liquidation",
+        path=_KERNEL,
+        old="    if e1 < 0.0:\n",
+        new="    if e1 < 0.0 and liquidated:\n",
+        tests=("tests/env/test_kernel.py::test_bankruptcy_floors_equity_at_zero",),
+        note="Negative equity floored only after a liquidation (margin off or halted: negative).",
     ),
 ]
