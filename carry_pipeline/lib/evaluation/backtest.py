@@ -17,8 +17,9 @@ two parts apart.
 
 Per-asset step P&L (for trades and `reports.positions`): price P&L of the legs held over the step,
 `spot_held * (S_{t+1} - S_t) + perp_held * (P_{t+1} - P_t)` at the env's effective marks (flash
-events included), plus the funding the env settled on them, `-perp_held * P_{t+1} * rate` with the
-rate as the env applied it (spikes included), less the asset's fees and slippage; the account-level
+events included), plus the funding the env settled on them, `-perp_held * M_{t+1} * rate` at the env's
+mark price `M` (the frame's `mark_price` or its proxy) and the rate as it applied it (spikes
+included), less the asset's fees and slippage; the account-level
 flows (borrow, liquidation loss, insurance fund) are shared among the assets in proportion to the
 gross notional held over the step. The per-asset P&L of a step sums to the env's equity change.
 
@@ -220,10 +221,12 @@ class _Recorder:
         self.legs = np.zeros((n, k.N_LEGS, n_sym))
         self.x = np.zeros((n, n_sym, 7))
         self.rate = np.zeros((n, n_sym))
+        self.mark = np.zeros((n, n_sym))
 
     def record(self, j: int, eng: Any, act: np.ndarray) -> None:
         _record(j, eng.info, eng.flags, eng.rew, eng.legs, eng.as_, act, self.info, self.flags,
                 self.reward, self.legs, self.x, self.rate, self.actions)  # fmt: skip
+        _record_mark(j, eng.tensor.mkt, eng.fs, eng.as_, eng.is_, eng.cfg, self.mark)
 
     def result(
         self,
@@ -248,7 +251,7 @@ class _Recorder:
         settled = env.market.funding[bars]
         rate = np.where(np.isnan(settled), np.nan, self.rate[:n])
         info = self.info[:n]
-        pnl = _asset_pnl(env, info, x, held_s, held_p, mark_s, mark_p, rate)
+        pnl = _asset_pnl(env, info, x, held_s, held_p, mark_s, mark_p, self.mark[:n], rate)
         ts = env.market.ts[start : start + n + 1]
         equity = np.concatenate([[env.config.initial_cash], info[:, k.K_EQUITY]])
         return BacktestResult(
@@ -309,6 +312,23 @@ def _record(
         out_act[j, i] = act[i]
 
 
+@nb.njit(cache=True)
+def _record_mark(
+    j: int,
+    mkt: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+    is_: np.ndarray,
+    cfg: np.ndarray,
+    out_mark: np.ndarray,
+) -> None:
+    # The perp mark price (what funding settles at) of the bar the step moved to, as the kernel
+    # computes it: the frame's `mark_price` or its proxy, flash events' spot gap included.
+    t = is_[0, k.I_T]
+    for i in range(as_.shape[1]):
+        out_mark[j, i] = k.mark_price(0, i, t, mkt, fs, as_, cfg)
+
+
 def _marks_after(env: CarryTradeEnv, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # The effective marks at the bar after step j are the prices step j + 1 filled at; after the
     # last step, the engine's quotes at its current bar.
@@ -329,12 +349,13 @@ def _asset_pnl(
     held_p: np.ndarray,
     mark_s: np.ndarray,
     mark_p: np.ndarray,
+    funding_mark: np.ndarray,
     rate: np.ndarray,
 ) -> np.ndarray:
     price = held_s * (mark_s - x[:, :, _X_PX_S]) + held_p * (mark_p - x[:, :, _X_PX_P])
     funding = np.zeros_like(price)
     if env.config.funding:
-        funding = np.where(np.isnan(rate), 0.0, -held_p * mark_p * np.nan_to_num(rate))
+        funding = np.where(np.isnan(rate), 0.0, -held_p * funding_mark * np.nan_to_num(rate))
     own = price + funding - x[:, :, _X_FEE] - x[:, :, _X_SPREAD] - x[:, :, _X_IMPACT]
     shared = -info[:, k.K_BORROW] - info[:, k.K_LIQ_LOSS] + info[:, k.K_INSURANCE]
     gross = np.abs(held_s * x[:, :, _X_PX_S]) + np.abs(held_p * x[:, :, _X_PX_P])
