@@ -202,6 +202,7 @@ def run_paper_session(
     ledger: Ledger,
     max_bars: int | None = None,
     on_commit: Callable[[int], None] | None = None,
+    on_bar: Callable[[BarRecord, dict[str, Any]], None] | None = None,
 ) -> SessionResult:
     """Trade `feed` with `policy` until the data ends or `max_bars` bars are committed in all.
 
@@ -213,6 +214,7 @@ def run_paper_session(
         ledger: the DuckDB ledger.
         max_bars: total committed bars (resumed ones included) at which to stop; None: to the end.
         on_commit: called with each newly committed bar index (tests use it to be killed mid-run).
+        on_bar: called with each newly committed bar's record and the env's info (monitoring).
     """
     market = feed.market
     symbols = market.symbols
@@ -225,7 +227,11 @@ def run_paper_session(
     gate = RiskGate(book_ex, manager)
     executor = _ResumingExecutor(gate, symbols)
     env = CarryTradeEnv(market, cfg, feed=feed, executor=executor)
-    obs, info = env.reset(seed=spec.seed, options={"start": spec.start})
+    # A live feed (`live = True`) appends bars as they close: the episode has no end in the data.
+    options: dict[str, Any] = {"start": spec.start}
+    if getattr(feed, "live", False):
+        options["open_end"] = True
+    obs, info = env.reset(seed=spec.seed, options=options)
     ended = False
     replay = ledger.replay_bars(spec.session_id)
     if replay and replay[0].bar != spec.start:
@@ -246,6 +252,7 @@ def run_paper_session(
     while not ended and (max_bars is None or len(replay) + new < max_bars):
         t = int(env.engine.is_[0, I_T])
         reason = _poll(feed, t)
+        market = env.engine.market  # a live feed's market grows by a bar per step
         faults = faults + 1 if reason else 0
         view = BarView(
             t,
@@ -289,7 +296,7 @@ def run_paper_session(
         alerts = _alerts(t, state_before, manager, records, faults, spec.risk_config)
         rec = _bar_record(
             t,
-            market,
+            env.engine.market,
             view,
             obs_digest,
             explain,
@@ -305,6 +312,8 @@ def run_paper_session(
         )
         ledger.commit_bar(spec.session_id, rec)
         new += 1
+        if on_bar is not None:
+            on_bar(rec, info)
         if on_commit is not None:
             on_commit(t)
     last = spec.start + len(replay) + new - 1
