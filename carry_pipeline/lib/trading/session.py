@@ -11,7 +11,8 @@ from the first bar not committed.
 Feed faults (the feed's `poll` raising, or returning a reason: no data, malformed bar) never crash
 the loop: the bar is held (action NaN: no orders, positions carried and marked), a `feed_fault`
 risk event is booked, a `feed_down` alert after `RiskConfig.feed_down_alert_bars` faulty bars in a
-row, and trading resumes on the next good bar.
+row, and trading resumes on the next good bar. A `drawdown` alert is written at the bar whose
+drawdown crosses `RiskConfig.drawdown_alert` from below; risk state changes are alerts too.
 """
 
 from __future__ import annotations
@@ -214,7 +215,9 @@ def run_paper_session(
         ledger: the DuckDB ledger.
         max_bars: total committed bars (resumed ones included) at which to stop; None: to the end.
         on_commit: called with each newly committed bar index (tests use it to be killed mid-run).
-        on_bar: called with each newly committed bar's record and the env's info (monitoring).
+        on_bar: called with each newly committed bar's record and the env's info, plus
+            `bar_latency_s` (wall seconds from the bar's poll to its commit) and `marks`
+            (symbol -> spot and perp price the bar is marked at); for monitoring.
     """
     market = feed.market
     symbols = market.symbols
@@ -248,9 +251,11 @@ def run_paper_session(
     names = {n: j for j, n in enumerate(env.observation_names)}
     stale_idx = [names[f"{s}:stale"] for s in symbols]
     faults = _trailing_faults(replay)  # a feed_down alert counts bars across a restart
+    drawdown = float(info["drawdown"])  # after the last committed bar: a crossing is not repeated
     new = 0
     while not ended and (max_bars is None or len(replay) + new < max_bars):
         t = int(env.engine.is_[0, I_T])
+        started = time.monotonic()
         reason = _poll(feed, t)
         market = env.engine.market  # a live feed's market grows by a bar per step
         faults = faults + 1 if reason else 0
@@ -294,6 +299,12 @@ def run_paper_session(
         ended = term or trunc
         records += gate.records
         alerts = _alerts(t, state_before, manager, records, faults, spec.risk_config)
+        limit = spec.risk_config.drawdown_alert
+        if drawdown < limit <= info["drawdown"]:
+            figures = {"drawdown": info["drawdown"], "threshold": limit, "equity": info["equity"]}
+            message = f"drawdown {info['drawdown']:.4f} crossed the alert threshold {limit}"
+            alerts.append((len(alerts), "drawdown", message, to_json(figures)))
+        drawdown = float(info["drawdown"])
         rec = _bar_record(
             t,
             env.engine.market,
@@ -313,7 +324,10 @@ def run_paper_session(
         ledger.commit_bar(spec.session_id, rec)
         new += 1
         if on_bar is not None:
-            on_bar(rec, info)
+            m = env.engine.market
+            nxt = min(t + 1, m.n_bars - 1)
+            marks = {s: (float(m.spot[nxt, i]), float(m.perp[nxt, i])) for i, s in enumerate(symbols)}
+            on_bar(rec, {**info, "bar_latency_s": time.monotonic() - started, "marks": marks})
         if on_commit is not None:
             on_commit(t)
     last = spec.start + len(replay) + new - 1
