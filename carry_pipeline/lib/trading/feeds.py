@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -232,7 +231,7 @@ class ExchangeFeed:
         carry: the pipeline's `carry_features` settings.
         settle_s: seconds after a bar's close before it is fetched (venues publish late).
         max_wait_bars: bars `bar_ready` waits for a bar before giving up (False: the feed stopped).
-        raw_timeframe: kline size fetched (the pipeline resamples it to `bars.bar`); default the bar.
+        raw_timeframe: kline size fetched (resampled to `bars.bar`); default the bar.
     """
 
     live = True
@@ -279,7 +278,12 @@ class ExchangeFeed:
             return 0
         hour = _floor(now, timedelta(hours=1))  # the hour holding now: the simulator's book grid
         new = fetch_raw(
-            self.exchange, self.bases, self.raw_timeframe, since, end, (hour, hour + timedelta(hours=1))
+            self.exchange,
+            self.bases,
+            self.raw_timeframe,
+            since,
+            end,
+            (hour, hour + timedelta(hours=1)),
         )
         for key, frame in new.items():
             if frame.height:
@@ -320,7 +324,7 @@ class ExchangeFeed:
         return self._raw_end() + self.bar
 
     def poll(self, t: int) -> str:
-        """"" once bar t is in the market with positive finite prices, else why not."""
+        """ "" once bar t is in the market with positive finite prices, else why not."""
         if not self.bar_ready(t):
             return f"no data for bar {t} after {self.max_wait_bars} bars ({self.last_error})"
         return ReplayFeed(self._market).poll(t)

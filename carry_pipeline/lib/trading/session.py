@@ -326,7 +326,9 @@ def run_paper_session(
         if on_bar is not None:
             m = env.engine.market
             nxt = min(t + 1, m.n_bars - 1)
-            marks = {s: (float(m.spot[nxt, i]), float(m.perp[nxt, i])) for i, s in enumerate(symbols)}
+            marks = {
+                s: (float(m.spot[nxt, i]), float(m.perp[nxt, i])) for i, s in enumerate(symbols)
+            }
             on_bar(rec, {**info, "bar_latency_s": time.monotonic() - started, "marks": marks})
         if on_commit is not None:
             on_commit(t)

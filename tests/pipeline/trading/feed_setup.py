@@ -57,8 +57,15 @@ def load_stub(stub: BinanceStub, start: datetime, days: int) -> None:
         ):
             frame = synthetic.simulate_ohlcv([symbol], start, end, "1h", seed=0, market=kind)
             stub.klines[(path, f"{base}USDT", "1h")] = [
-                kline_row(int(r["ts"].timestamp() * 1000), step, r["open"], r["high"], r["low"],
-                          r["close"], r["volume"])
+                kline_row(
+                    int(r["ts"].timestamp() * 1000),
+                    step,
+                    r["open"],
+                    r["high"],
+                    r["low"],
+                    r["close"],
+                    r["volume"],
+                )
                 for r in frame.iter_rows(named=True)
             ]
         fund = synthetic.simulate_funding([f"{base}/USDT:USDT"], start, end, seed=0)

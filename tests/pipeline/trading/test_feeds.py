@@ -149,5 +149,7 @@ def test_ccxt_paper_session_never_calls_a_private_or_order_endpoint(
                      "/api/v3/depth", "/fapi/v1/depth"}  # fmt: skip
     con = duckdb.connect(str(tmp_path / "p.duckdb"), read_only=True)
     assert con.execute("select count(*) from paper.equity").fetchone() == (3,)
-    assert con.execute("select count(*) from paper.risk_events where kind='feed_fault'").fetchone() == (0,)
+    assert con.execute(
+        "select count(*) from paper.risk_events where kind='feed_fault'"
+    ).fetchone() == (0,)
     con.close()

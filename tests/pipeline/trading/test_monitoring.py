@@ -25,7 +25,9 @@ def test_scrape_after_a_session_matches_the_ledger(tmp_path: Path) -> None:
     # A drawdown threshold tiny enough to be crossed: the alert lands in paper.alerts and in the
     # counter; the gauges equal the ledger's last equity and position rows.
     alerts: list[tuple[str, str]] = []
-    metrics = SessionMetrics("s1", ENV_CONFIG.initial_cash, on_alert=lambda k, m: alerts.append((k, m)))
+    metrics = SessionMetrics(
+        "s1", ENV_CONFIG.initial_cash, on_alert=lambda k, m: alerts.append((k, m))
+    )
     risk = RiskConfig(**{**vars(WIDE_RISK), "drawdown_alert": 1e-4})
     db = tmp_path / "p.duckdb"
     run_session(db, max_bars=20, risk=risk, on_bar=metrics.observe)
