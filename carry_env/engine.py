@@ -153,6 +153,14 @@ class Engine:
         end = min(start + length, last) if length is not None else last
         if "end" in opts:
             end = min(self._bar(opts["end"], "end"), last)
+        if opts.get("open_end"):
+            # A live feed's episode: no end inside the data; `extend_market` moves it on.
+            if self.fused or not 0 <= start <= last:
+                raise ValueError(
+                    f"open_end episode from bar {start} needs a split-path executor and a start "
+                    f"inside the data's 0..{last}"
+                )
+            return start, last + 1
         if not 0 <= start < end <= last:
             raise ValueError(
                 f"episode bars {start}..{end} are not a valid range inside the data's 0..{last}; "
@@ -231,7 +239,34 @@ class Engine:
             nxt = int(self.is_[b, k.I_T]) + 1
             if not self.feed.bar_ready(nxt):
                 raise RuntimeError(f"the market feed has no bar {nxt} for env {b}; it has ended")
+        if self.feed.market is not self.market:  # a live feed appended bars
+            self.extend_market(self.feed.market)
         k.apply_batch(envs, *self._args[2:])  # the fused kernel's arrays, less the actions
+
+    def extend_market(self, market: MarketData) -> None:
+        """Continue on `market`, the current market with bars appended (a live feed's): rebuild
+        the data tensor, keep every account, and move open-ended episodes' end past its last bar.
+
+        Raises:
+            ValueError: `market` is not an extension of the current one (symbols, features, bar
+                size or the existing timestamps differ).
+        """
+        old = self.market
+        n = old.n_bars
+        if (
+            market.symbols != old.symbols
+            or market.feature_names != old.feature_names
+            or market.bar_seconds != old.bar_seconds
+            or market.n_bars < n
+            or not np.array_equal(market.ts[:n], old.ts)
+        ):
+            raise ValueError("extend_market: the new market does not extend the current one")
+        open_end = self.is_[:, k.I_END] == n
+        self.market = market
+        self.tensor = t = build_tensor(market, self.config)
+        self._args = (*self._args[:2], t.mkt, t.tfeat, t.feats, *self._args[5:])
+        self._entry = None
+        self.is_[open_end, k.I_END] = market.n_bars
 
     def orders(self) -> Orders:
         """The orders planned this step, with the quotes they were planned at."""

@@ -69,6 +69,8 @@ class RiskConfig:
     """A file whose existence halts and flattens at the next bar (until removed and reset)."""
     feed_down_alert_bars: int = 3
     """Consecutive faulty feed bars after which the session raises a `feed_down` alert."""
+    drawdown_alert: float = 0.05
+    """Drawdown from the session peak whose crossing (from below) raises a `drawdown` alert."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -84,7 +86,13 @@ class RiskConfig:
                 problems.append(f"{f.name}={value!r} must be finite and > 0")
             elif f.type in ("int",) and not isinstance(value, int):
                 problems.append(f"{f.name}={value!r} must be an integer")
-        for name in ("min_margin_buffer", "max_depth_fraction", "daily_loss_limit", "max_drawdown"):
+        for name in (
+            "min_margin_buffer",
+            "max_depth_fraction",
+            "daily_loss_limit",
+            "max_drawdown",
+            "drawdown_alert",
+        ):
             value = getattr(self, name)
             if isinstance(value, int | float) and not value < 1.0:
                 problems.append(f"{name}={value!r} must be < 1 (a fraction)")

@@ -11,7 +11,8 @@ from the first bar not committed.
 Feed faults (the feed's `poll` raising, or returning a reason: no data, malformed bar) never crash
 the loop: the bar is held (action NaN: no orders, positions carried and marked), a `feed_fault`
 risk event is booked, a `feed_down` alert after `RiskConfig.feed_down_alert_bars` faulty bars in a
-row, and trading resumes on the next good bar.
+row, and trading resumes on the next good bar. A `drawdown` alert is written at the bar whose
+drawdown crosses `RiskConfig.drawdown_alert` from below; risk state changes are alerts too.
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ def run_paper_session(
     ledger: Ledger,
     max_bars: int | None = None,
     on_commit: Callable[[int], None] | None = None,
+    on_bar: Callable[[BarRecord, dict[str, Any]], None] | None = None,
 ) -> SessionResult:
     """Trade `feed` with `policy` until the data ends or `max_bars` bars are committed in all.
 
@@ -213,6 +215,9 @@ def run_paper_session(
         ledger: the DuckDB ledger.
         max_bars: total committed bars (resumed ones included) at which to stop; None: to the end.
         on_commit: called with each newly committed bar index (tests use it to be killed mid-run).
+        on_bar: called with each newly committed bar's record and the env's info, plus
+            `bar_latency_s` (wall seconds from the bar's poll to its commit) and `marks`
+            (symbol -> spot and perp price the bar is marked at); for monitoring.
     """
     market = feed.market
     symbols = market.symbols
@@ -225,7 +230,11 @@ def run_paper_session(
     gate = RiskGate(book_ex, manager)
     executor = _ResumingExecutor(gate, symbols)
     env = CarryTradeEnv(market, cfg, feed=feed, executor=executor)
-    obs, info = env.reset(seed=spec.seed, options={"start": spec.start})
+    # A live feed (`live = True`) appends bars as they close: the episode has no end in the data.
+    options: dict[str, Any] = {"start": spec.start}
+    if getattr(feed, "live", False):
+        options["open_end"] = True
+    obs, info = env.reset(seed=spec.seed, options=options)
     ended = False
     replay = ledger.replay_bars(spec.session_id)
     if replay and replay[0].bar != spec.start:
@@ -242,10 +251,13 @@ def run_paper_session(
     names = {n: j for j, n in enumerate(env.observation_names)}
     stale_idx = [names[f"{s}:stale"] for s in symbols]
     faults = _trailing_faults(replay)  # a feed_down alert counts bars across a restart
+    drawdown = float(info["drawdown"])  # after the last committed bar: a crossing is not repeated
     new = 0
     while not ended and (max_bars is None or len(replay) + new < max_bars):
         t = int(env.engine.is_[0, I_T])
+        started = time.monotonic()
         reason = _poll(feed, t)
+        market = env.engine.market  # a live feed's market grows by a bar per step
         faults = faults + 1 if reason else 0
         view = BarView(
             t,
@@ -287,9 +299,15 @@ def run_paper_session(
         ended = term or trunc
         records += gate.records
         alerts = _alerts(t, state_before, manager, records, faults, spec.risk_config)
+        limit = spec.risk_config.drawdown_alert
+        if drawdown < limit <= info["drawdown"]:
+            figures = {"drawdown": info["drawdown"], "threshold": limit, "equity": info["equity"]}
+            message = f"drawdown {info['drawdown']:.4f} crossed the alert threshold {limit}"
+            alerts.append((len(alerts), "drawdown", message, to_json(figures)))
+        drawdown = float(info["drawdown"])
         rec = _bar_record(
             t,
-            market,
+            env.engine.market,
             view,
             obs_digest,
             explain,
@@ -305,6 +323,13 @@ def run_paper_session(
         )
         ledger.commit_bar(spec.session_id, rec)
         new += 1
+        if on_bar is not None:
+            m = env.engine.market
+            nxt = min(t + 1, m.n_bars - 1)
+            marks = {
+                s: (float(m.spot[nxt, i]), float(m.perp[nxt, i])) for i, s in enumerate(symbols)
+            }
+            on_bar(rec, {**info, "bar_latency_s": time.monotonic() - started, "marks": marks})
         if on_commit is not None:
             on_commit(t)
     last = spec.start + len(replay) + new - 1

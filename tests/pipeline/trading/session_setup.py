@@ -80,6 +80,7 @@ def run_session(
     on_commit: Any = None,
     risk: RiskConfig = WIDE_RISK,
     session_id: str = "s1",
+    on_bar: Any = None,
 ) -> SessionResult:
     """Run (or resume) the shared session into the DuckDB file `db`."""
     market = feed.market if feed is not None else make_market()
@@ -93,6 +94,7 @@ def run_session(
             ledger=ledger,
             max_bars=max_bars,
             on_commit=on_commit,
+            on_bar=on_bar,
         )
     finally:
         ledger.close()

@@ -1,0 +1,350 @@
+"""Paper-trading feeds: where the session's bars come from.
+
+- `simulated_feed` (kind `simulated`, offline): the seeded `SimulatedExchange`'s raw tables turned
+  into the env's market frame by the pipeline's own functions (`market_frame_from_raw`), replayed
+  bar by bar on an accelerated clock (`seconds_per_bar`, 0 in tests).
+- `ExchangeFeed` (kind `ccxt`): polls an `ExchangeClient` (a `CcxtExchange` on public endpoints
+  only: closed spot and perp klines, funding settlements, the live order-book snapshot) once per
+  bar, appends the new raw rows to a buffer that starts with the DuckDB history
+  (`load_raw_history`), and rebuilds the market frame from the whole buffer with the same
+  `build_market_bars` / `build_carry_features` / `build_market_frame` the pipeline assets run.
+  Because the buffer holds every raw row since `history` began (EWM indicators depend on all of
+  it), a live bar's features equal what the pipeline computes for that bar. The feed is `live`:
+  the session opens an episode without an end and the env's engine extends its data tensor
+  (`Engine.extend_market`) each time the feed's market grows. Sentiment is not fetched live; the
+  frame has no `f_sent_` columns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from carry_env.market import MarketData
+from carry_pipeline.lib.exchanges.base import ExchangeClient, Pair
+from carry_pipeline.lib.exchanges.simulated import SimulatedExchange
+from carry_pipeline.lib.features.bars import MarketBarsConfig, build_market_bars
+from carry_pipeline.lib.features.carry import CarryFeaturesConfig, build_carry_features
+from carry_pipeline.lib.features.pipeline import build_market_frame
+from carry_pipeline.lib.features.timeframes import parse_duration
+from carry_pipeline.lib.trading.session import ReplayFeed
+
+RAW_TABLES = {
+    "spot": "raw_spot_ohlcv",
+    "perp": "raw_perp_ohlcv",
+    "funding": "raw_funding_rates",
+    "order_book": "raw_order_book",
+}
+"""Raw-table dict key -> table of the DuckDB schema `raw`."""
+
+
+def market_frame_from_raw(
+    raw: dict[str, pl.DataFrame],
+    bars: MarketBarsConfig,
+    carry: CarryFeaturesConfig | None = None,
+) -> pl.DataFrame:
+    """The env's market frame (warm-up dropped) from raw tables, by the pipeline's functions."""
+    market_bars = build_market_bars(
+        raw["spot"], raw["perp"], raw["funding"], raw.get("order_book"), bars
+    )
+    features = build_carry_features(market_bars, carry or CarryFeaturesConfig())
+    return build_market_frame(market_bars, features, None)
+
+
+def fetch_raw(
+    exchange: ExchangeClient,
+    bases: tuple[str, ...],
+    timeframe: str,
+    start: datetime,
+    end: datetime,
+    book_window: tuple[datetime, datetime] | None = None,
+) -> dict[str, pl.DataFrame]:
+    """Raw spot, perp, funding and order-book rows of `bases` in `[start, end)` from `exchange`;
+    order books in `book_window` when given (a live venue serves only "now", which it must hold)."""
+    book_start, book_end = book_window or (start, end)
+    parts: dict[str, list[pl.DataFrame]] = {k: [] for k in RAW_TABLES}
+    for base in bases:
+        pair = Pair(base)
+        parts["spot"].append(exchange.fetch_ohlcv(pair.spot, "spot", timeframe, start, end))
+        parts["perp"].append(exchange.fetch_ohlcv(pair.perp, "perp", timeframe, start, end))
+        parts["funding"].append(exchange.fetch_funding(pair.perp, start, end))
+        for leg in ("spot", "perp"):
+            parts["order_book"].append(
+                exchange.fetch_order_book(pair.symbol(leg), leg, book_start, book_end)  # type: ignore[arg-type]
+            )
+    return {k: pl.concat(v, how="vertical_relaxed") for k, v in parts.items()}
+
+
+def load_raw_history(
+    database: str | Path, bases: tuple[str, ...], start: datetime, end: datetime
+) -> dict[str, pl.DataFrame]:
+    """The DuckDB raw tables' rows of `bases` in `[start, end)` (read-only connection).
+
+    Raises:
+        ValueError: a raw table is missing or holds no row for an asset in the window.
+    """
+    spots = [Pair(b).spot for b in bases]
+    perps = [Pair(b).perp for b in bases]
+    con = duckdb.connect(str(database), read_only=True)
+    out: dict[str, pl.DataFrame] = {}
+    try:
+        for key, table in RAW_TABLES.items():
+            time_col = "funding_time" if key == "funding" else "ts"
+            symbols = spots + perps if key == "order_book" else (spots if key == "spot" else perps)
+            try:
+                result = con.sql(
+                    f"select * from raw.{table} where symbol in (select unnest(?)) "
+                    f"and {time_col} >= ? and {time_col} < ? order by symbol, {time_col}",
+                    params=[symbols, start, end],
+                )
+                frame = pl.from_arrow(result.to_arrow_table())
+                assert isinstance(frame, pl.DataFrame)
+            except duckdb.CatalogException as exc:
+                if key == "order_book":
+                    continue  # books are optional: bars then use the proxy depth
+                raise ValueError(f"{database}: raw.{table} is missing; run ingest_job") from exc
+            missing = set(symbols) - set(frame["symbol"].unique().to_list())
+            if missing and key != "order_book":
+                raise ValueError(
+                    f"{database}: raw.{table} has no rows for {sorted(missing)} in "
+                    f"[{start}, {end}); ingest that history before a live session"
+                )
+            # DuckDB hands timestamps back as Etc/UTC; the raw schemas say UTC.
+            out[key] = frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
+    finally:
+        con.close()
+    return out
+
+
+class SimulatedFeed(ReplayFeed):
+    """`ReplayFeed` of the simulated exchange's market that tracks the paper clock.
+
+    `now()` is the close of the last polled bar, the clock `SimulatedExchangeBooks` reads.
+    """
+
+    def __init__(self, data: MarketData, seconds_per_bar: float = 0.0) -> None:
+        super().__init__(data, seconds_per_bar)
+        self._now = self._close(0)
+
+    def _close(self, t: int) -> datetime:
+        ts_ns = int(self.data.ts[min(t, self.data.n_bars - 1)])
+        return datetime.fromtimestamp(ts_ns / 1e9 + self.data.bar_seconds, tz=UTC)
+
+    def poll(self, t: int) -> str:
+        """Move the clock to bar t's close, then `ReplayFeed.poll`."""
+        self._now = self._close(t)
+        return super().poll(t)
+
+    def now(self) -> datetime:
+        """The paper clock: close of the last polled bar."""
+        return self._now
+
+
+class FrameBooks:
+    """Order-book snapshots fetched once, served by window like an exchange's
+    `fetch_order_book` (the simulator re-simulates on every call, ~0.5 s each)."""
+
+    def __init__(self, snapshots: pl.DataFrame) -> None:
+        self.snapshots = snapshots
+
+    def fetch_order_book(
+        self, symbol: str, market: str, start: datetime, end: datetime
+    ) -> pl.DataFrame:
+        """Snapshots of `symbol`'s `market` leg taken in `[start, end)`."""
+        s = self.snapshots
+        return s.filter(
+            (pl.col("symbol") == symbol)
+            & (pl.col("market") == market)
+            & (pl.col("ts") >= start)
+            & (pl.col("ts") < end)
+        )
+
+
+def simulated_feed(
+    bases: tuple[str, ...],
+    start: datetime,
+    end: datetime,
+    *,
+    timeframe: str = "1h",
+    seed: int = 0,
+    seconds_per_bar: float = 0.0,
+    carry: CarryFeaturesConfig | None = None,
+) -> tuple[SimulatedFeed, FrameBooks]:
+    """The seeded simulated exchange over `[start, end)` as a feed, and its order-book snapshots
+    (hand them to `SimulatedExchangeBooks(books, feed.now)`).
+
+    The bars are what the pipeline would build from the same raw tables (warm-up dropped).
+    """
+    exchange = SimulatedExchange(seed=seed, clock=lambda: end)
+    raw = fetch_raw(exchange, bases, timeframe, start, end)
+    frame = market_frame_from_raw(raw, MarketBarsConfig(bar=timeframe), carry)
+    return SimulatedFeed(MarketData.from_frame(frame), seconds_per_bar), FrameBooks(
+        raw["order_book"]
+    )
+
+
+@dataclass
+class VirtualClock:
+    """A clock that jumps instead of sleeping: the accelerated clock of tests and replays."""
+
+    now_: datetime
+    waits: list[datetime] = field(default_factory=list)
+
+    def now(self) -> datetime:
+        """The current virtual time."""
+        return self.now_
+
+    def sleep_until(self, when: datetime) -> None:
+        """Jump to `when` (never backwards)."""
+        self.waits.append(when)
+        self.now_ = max(self.now_, when)
+
+
+class WallClock:
+    """The real clock: `sleep_until` sleeps."""
+
+    def now(self) -> datetime:
+        """UTC now."""
+        return datetime.now(UTC)
+
+    def sleep_until(self, when: datetime) -> None:
+        """Sleep until `when`."""
+        time.sleep(max(0.0, (when - self.now()).total_seconds()))
+
+
+class ExchangeFeed:
+    """A live feed polling `exchange` once per bar (see the module docstring).
+
+    Args:
+        exchange: the market-data client (public endpoints only are called).
+        bases: assets ("BTC", "ETH").
+        history: raw tables to start from (`load_raw_history`), ending before `clock.now()`.
+        clock: `now()` and `sleep_until(t)` (`WallClock`, or `VirtualClock` in tests).
+        bars: the pipeline's `market_bars` settings (`bar` is the poll interval).
+        carry: the pipeline's `carry_features` settings.
+        settle_s: seconds after a bar's close before it is fetched (venues publish late).
+        max_wait_bars: bars `bar_ready` waits for a bar before giving up (False: the feed stopped).
+        raw_timeframe: kline size fetched (resampled to `bars.bar`); default the bar.
+    """
+
+    live = True
+
+    def __init__(
+        self,
+        exchange: ExchangeClient,
+        bases: tuple[str, ...],
+        history: dict[str, pl.DataFrame],
+        clock: Any,
+        bars: MarketBarsConfig,
+        carry: CarryFeaturesConfig | None = None,
+        settle_s: float = 2.0,
+        max_wait_bars: int = 3,
+        raw_timeframe: str | None = None,
+    ) -> None:
+        self.raw_timeframe = raw_timeframe or bars.bar
+        self.exchange = exchange
+        self.bases = bases
+        self.clock = clock
+        self.bars = bars
+        self.carry = carry or CarryFeaturesConfig()
+        self.bar = parse_duration(bars.bar)
+        self.settle = timedelta(seconds=settle_s)
+        self.max_wait_bars = max_wait_bars
+        self.raw = {k: v for k, v in history.items()}
+        self.errors = 0
+        """Failed refreshes (network or exchange errors, malformed answers) so far."""
+        self.last_error = ""
+        self._market = MarketData.from_frame(market_frame_from_raw(self.raw, bars, self.carry))
+        self.refresh()
+
+    @property
+    def market(self) -> MarketData:
+        """The bars so far (a new object each time bars are appended)."""
+        return self._market
+
+    def refresh(self) -> int:
+        """Fetch every raw row since the buffer's last and rebuild the market; new bar count."""
+        now = self.clock.now()
+        since = self._raw_end()
+        end = _floor(now, parse_duration(self.raw_timeframe))  # every kline before it has closed
+        if since >= end:
+            return 0
+        hour = _floor(now, timedelta(hours=1))  # the hour holding now: the simulator's book grid
+        new = fetch_raw(
+            self.exchange,
+            self.bases,
+            self.raw_timeframe,
+            since,
+            end,
+            (hour, hour + timedelta(hours=1)),
+        )
+        for key, frame in new.items():
+            if frame.height:
+                self.raw[key] = _append(self.raw.get(key), frame, key)
+        market = MarketData.from_frame(market_frame_from_raw(self.raw, self.bars, self.carry))
+        grown = market.n_bars - self._market.n_bars
+        if grown > 0:
+            if not np.array_equal(market.ts[: self._market.n_bars], self._market.ts):
+                raise ValueError("ExchangeFeed: history changed under the feed (bars re-stamped)")
+            self._market = market
+        return max(grown, 0)
+
+    def _raw_end(self) -> datetime:
+        # Start of the next perp bar to fetch: every leg's buffer is kept to the same grid.
+        last = self.raw["perp"]["ts"].max()
+        return last + parse_duration(self.raw_timeframe)  # type: ignore[operator]
+
+    def bar_ready(self, t: int) -> bool:
+        """Wait (on the clock) until bar t has closed and been fetched; False after
+        `max_wait_bars` bars without it. Fetch errors are counted and retried at the next bar."""
+        waited = 0
+        while t >= self._market.n_bars:
+            if waited >= self.max_wait_bars:
+                return False
+            next_close = self._next_close()
+            self.clock.sleep_until(next_close + self.settle)
+            waited += 1
+            try:
+                self.refresh()
+            except Exception as e:  # noqa: BLE001 - counted, retried; the session books the gap
+                self.errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+        return True
+
+    def _next_close(self) -> datetime:
+        # When the next bar of the pipeline's grid has closed: one bar after the first raw kline
+        # not yet fetched opened.
+        return self._raw_end() + self.bar
+
+    def poll(self, t: int) -> str:
+        """ "" once bar t is in the market with positive finite prices, else why not."""
+        if not self.bar_ready(t):
+            return f"no data for bar {t} after {self.max_wait_bars} bars ({self.last_error})"
+        return ReplayFeed(self._market).poll(t)
+
+
+def _floor(t: datetime, step: timedelta) -> datetime:
+    # `t` rounded down to a multiple of `step` since midnight UTC.
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day + ((t - day) // step) * step
+
+
+def _append(old: pl.DataFrame | None, new: pl.DataFrame, key: str) -> pl.DataFrame:
+    # Buffer plus new rows, deduplicated on the row's identity (a re-fetched bar is kept once).
+    if old is None:
+        return new
+    ident = {
+        "spot": ["symbol", "ts"],
+        "perp": ["symbol", "ts"],
+        "funding": ["symbol", "funding_time"],
+        "order_book": ["symbol", "market", "ts"],
+    }[key]
+    both = pl.concat([old, new.select(old.columns)], how="vertical_relaxed")
+    return both.unique(ident, keep="first", maintain_order=True).sort(ident)
