@@ -4,11 +4,12 @@
    yet (re-runs only add what is missing): one run per asset and contiguous missing range, from the
    seeded simulated exchange by default.
 2. `carry_pipeline_job` over everything ingested (features, folds, statistics, training windows,
-   then the experts and the meta-controller of every fold, `models`, demo profile),
+   then the experts and the meta-controller of every fold, `models`, demo profile; then the
+   `reports` stage: walk-forward backtests, stress tests, the report and the champion decision),
    with the quick-start fold profile below so that a few months of data suffice (the defaults need
    about a year).
-3. A summary from DuckDB, and a rollout of the env on the pipeline's own market frame: the
-   rule-based baselines of `carry_env.demo` over the bars after the warm-up.
+3. A summary from DuckDB, where the DuckDB file and the report are, the champion decision and the
+   out-of-sample metrics of the meta-controller against the baselines per fold.
 
 Every run is recorded in the Dagster instance (`DAGSTER_HOME`, `data/dagster_home` from the
 Makefile), so `make dev` shows them in the UI.
@@ -20,6 +21,7 @@ import argparse
 import os
 import time
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -112,7 +114,8 @@ def summarise(db_path: str) -> pl.DataFrame:
     try:
         tables = con.sql(
             "select table_schema, table_name from information_schema.tables "
-            "where table_schema in ('raw', 'features', 'datasets', 'models') order by 1, 2"
+            "where table_schema in ('raw', 'features', 'datasets', 'models', 'reports') "
+            "order by 1, 2"
         ).fetchall()
         rows = [(f"{schema}.{name}", _count(con, schema, name)) for schema, name in tables]
     finally:
@@ -125,47 +128,71 @@ def _count(con: Any, schema: str, name: str) -> int:
     return int(rows[0][0])
 
 
-def env_rollout(db_path: str, seed: int) -> str:
-    """The env's baselines on the market frame the pipeline built (features, sentiment included)."""
-    from carry_env import CarryTradeEnv, EnvConfig, MarketData
-    from carry_env.demo import always_long_carry, flat, format_table, funding_follower, run_episode
-    from carry_pipeline.lib.duckdb_io import read_table
-    from carry_pipeline.lib.features.pipeline import build_market_frame
+FOLD_TABLE_POLICIES = ("meta_controller", "long_carry", "funding_rule", "buy_and_hold", "flat")
+FOLD_TABLE_COLUMNS = ("total_return", "sharpe", "max_drawdown", "fills", "fees", "funding")
 
-    bars = read_table(db_path, "features.market_bars")
-    carry = read_table(db_path, "features.carry_features")
-    sentiment = read_table(db_path, "features.sentiment_windows")
-    market = MarketData.from_frame(build_market_frame(bars, carry, sentiment))
-    config = EnvConfig()
-    env = CarryTradeEnv(market, config)
-    rows = [
-        run_episode(env, funding_follower(), "funding follower", seed),
-        run_episode(env, always_long_carry, "always long carry", seed),
-        run_episode(env, flat, "flat", seed),
-    ]
-    days = market.n_bars * market.bar_seconds / 86_400.0
-    head = (
-        f"env on the pipeline's market frame: {market.n_symbols} symbols, {market.n_bars} bars "
-        "after the "
-        f"warm-up ({days:.0f} days), {len(env.observation_names)} observations incl. "
-        f"{len(market.feature_names)} f_ features per symbol"
+
+def fold_table(db_path: str) -> pl.DataFrame:
+    """`reports.backtest_metrics` per fold (and the mean): the meta-controller, then the
+    baselines, with return, Sharpe, drawdown, trade count, fees and funding."""
+    from carry_pipeline.lib.duckdb_io import read_table
+
+    metrics = read_table(db_path, "reports.backtest_metrics", "aggregate in ('fold', 'mean')")
+    rank = {p: i for i, p in enumerate(FOLD_TABLE_POLICIES)}
+    return (
+        metrics.filter(pl.col("policy").is_in(FOLD_TABLE_POLICIES))
+        .with_columns(
+            fold=pl.col("fold").cast(pl.String).fill_null("mean"),
+            _r=pl.col("policy").replace_strict(rank, return_dtype=pl.Int64),
+        )
+        .sort(pl.col("aggregate") == "mean", "fold", "_r")
+        .select("fold", "policy", *[pl.col(c).round(4) for c in FOLD_TABLE_COLUMNS])
     )
-    return head + "\n" + format_table(rows, config.initial_cash, days)
+
+
+def champion_line(result: dg.ExecuteInProcessResult) -> str:
+    """What `champion_model` decided in this run, from its materialisation's metadata."""
+    [mat] = result.asset_materializations_for_node("reports__champion_model")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    if meta["promoted"]:
+        return f"champion: promoted {meta['champion_id']} ({meta['champion_model_path']})"
+    return (
+        f"champion: not promoted (failed: {meta['failed_conditions']}); the champion stays "
+        f"{meta['champion_id']}"
+    )
+
+
+REPORT_STEPS = frozenset(
+    {"walk_forward_backtest", "reports__stress_test_report", "reports__backtest_report",
+     "reports__champion_model"}
+)  # fmt: skip
+
+
+def stage_seconds(instance: dg.DagsterInstance, run_id: str, steps: frozenset[str]) -> float:
+    """Wall time of `steps` in a run: from the first one's start to the last one's end."""
+    stamps = [
+        e.timestamp
+        for e in instance.all_logs(run_id)
+        if e.step_key in steps
+        and e.dagster_event is not None
+        and e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
+    ]
+    return max(stamps) - min(stamps) if stamps else 0.0
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Ingest, build, summarise, roll the env."""
+    """Ingest, build, summarise; print the reports' results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--start", type=date.fromisoformat, default=date(2024, 1, 1))
     parser.add_argument("--end", type=date.fromisoformat, default=date(2024, 4, 30))
     parser.add_argument("--assets", default="BTC,ETH", help="comma-separated base currencies")
-    parser.add_argument("--seed", type=int, default=7, help="seed of the env rollout")
     args = parser.parse_args(argv)
     if "DAGSTER_HOME" not in os.environ:
         raise SystemExit("DAGSTER_HOME is not set: run `make run`, or export it (see the README)")
     os.environ.setdefault("CARRY_ASSETS", args.assets)
     os.environ.setdefault("CARRY_START_DATE", args.start.isoformat())
     from carry_pipeline.definitions import defs
+    from carry_pipeline.defs.reports.resources import ReportSettings
     from carry_pipeline.lib.duckdb_io import default_database
 
     assets = [a.strip() for a in args.assets.split(",") if a.strip()]
@@ -185,15 +212,22 @@ def main(argv: list[str] | None = None) -> None:
         )
         job = defs.resolve_job_def("carry_pipeline_job")
         config = {**QUIET, "resources": {"feature_settings": {"config": QUICKSTART_FEATURES}}}
-        job.execute_in_process(instance=instance, run_config=config, raise_on_error=True)
+        result = job.execute_in_process(instance=instance, run_config=config, raise_on_error=True)
+        reports_s = stage_seconds(instance, result.run_id, REPORT_STEPS)
     db_path = default_database()
+    settings = ReportSettings()  # the defaults the code location runs with
     print("3/3 outputs", flush=True)
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         print(summarise(db_path))
-    print(env_rollout(db_path, args.seed))
+        print("out of sample, each fold's test span (mean: over the folds):")
+        print(fold_table(db_path))
+    print(champion_line(result))
+    print(f"reports stage: {reports_s:.1f} s")
+    print(f"DuckDB file: {db_path}")
+    print(f"report: {Path(settings.reports_root) / result.run_id / 'report.md'}")
     print(
         f'done in {time.perf_counter() - t0:.0f} s; query with: duckdb {db_path} "select * from '
-        f'datasets.walk_forward_folds"'
+        f'reports.backtest_metrics"'
     )
 
 

@@ -3,7 +3,8 @@
 Two separate questions, so that a week without a promotion never reads as a failed run:
 
 - `validity_failures` asks whether the out-of-sample evidence can be judged at all: every fold has a
-  model, every metric of the candidate and the baseline on every fold is finite where it must be,
+  model, every metric of the candidate and the baseline on every fold is finite where it must be
+  (a Sharpe may be NaN on a fold where the policy never traded: the `sharpe` condition then fails),
   the candidate's backtest covers the fold's test span (its first recorded bar is the span's first
   bar, its last is the span's last bar unless the env ended the episode by liquidation, bankruptcy
   or the drawdown limit, which the rule then judges), and no fold carries a look-ahead flag. It
@@ -180,6 +181,10 @@ def _metric_failures(metrics: pl.DataFrame, policy: str, fold: int) -> list[Vali
         return [ValidityFailure(fold, f"{rows.height} metrics rows for {policy!r}, expected 1")]
     row = rows.row(0, named=True)
     bad = [c for c in REQUIRED_FINITE if row[c] is None or not math.isfinite(row[c])]
+    if row.get("fills") == 0 and row["total_return"] == 0.0:
+        # A book that never traded in the fold has returns of zero std and so no Sharpe: that is
+        # evidence (the Sharpe condition fails on it), not a broken backtest.
+        bad = [c for c in bad if c != "sharpe"]
     if bad:
         values = ", ".join(f"{c}={row[c]}" for c in bad)
         return [ValidityFailure(fold, f"non-finite metrics for {policy!r}: {values}")]

@@ -159,6 +159,20 @@ def test_non_finite_and_missing_metrics_are_named_with_their_values() -> None:
     assert _check(metrics=only_cand) == ["fold 0: 0 metrics rows for 'long_carry', expected 1"]
 
 
+def test_a_candidate_flat_over_a_fold_is_judged_not_invalid() -> None:
+    # No fill and no return on fold 1: its Sharpe is NaN (zero std). The evidence is valid and the
+    # rule refuses the promotion on Sharpe; a NaN Sharpe on a fold with trades stays invalid.
+    flat = _row(1, "meta_controller", sharpe=math.nan, fills=0.0, total_return=0.0)
+    metrics = _metrics([_good(0), flat])
+    assert _check(metrics=metrics) == []
+    decision = decide(metrics, RULE)
+    assert not decision.promote and "sharpe" in decision.failed
+    traded = {**flat, "fills": 2.0}
+    assert _check(metrics=_metrics([_good(0), traded])) == [
+        "fold 1: non-finite metrics for 'meta_controller': sharpe=nan"
+    ]
+
+
 def test_a_backtest_that_does_not_cover_its_test_span_is_named() -> None:
     # Fold 1's curve stops after 6 of its 10 bars with no episode end: not covered.
     failures = _check(candidate_curves=_curves(SPANS, cut={1: 6}))
