@@ -17,9 +17,9 @@ two parts apart.
 
 Per-asset step P&L (for trades and `reports.positions`): price P&L of the legs held over the step,
 `spot_held * (S_{t+1} - S_t) + perp_held * (P_{t+1} - P_t)` at the env's effective marks (flash
-events included), plus the funding the env settled on them, `-perp_held * M_{t+1} * rate` at the env's
-mark price `M` (the frame's `mark_price` or its proxy) and the rate as it applied it (spikes
-included), less the asset's fees and slippage; the account-level
+events included), plus the funding the env settled on them, `-perp_held * M_{t+1} * rate` at
+the env's mark price `M` (the frame's `mark_price` or its proxy) and the rate as it applied it
+(spikes included), less the asset's fees and slippage; the account-level
 flows (borrow, liquidation loss, insurance fund) are shared among the assets in proportion to the
 gross notional held over the step. The per-asset P&L of a step sums to the env's equity change.
 

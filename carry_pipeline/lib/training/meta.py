@@ -61,7 +61,7 @@ from carry_pipeline.lib.training.observation import (
     base_vector_env,
     current_bars,
 )
-from carry_pipeline.lib.training.policy import ExpertPolicy, load_expert
+from carry_pipeline.lib.training.policy import ExpertPolicy, eval_predict, load_expert
 from carry_pipeline.lib.training.rollout import RolloutMetrics, _accumulate, _fixed_span
 from carry_pipeline.lib.training.specs import PROFILES
 from carry_pipeline.lib.training.train import (
@@ -487,8 +487,7 @@ class MetaPolicy:
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """Deterministic action."""
-        action, _ = self.model.predict(obs, deterministic=True)
-        return action
+        return eval_predict(self.model, obs, deterministic=True)
 
 
 def train_meta_controller(

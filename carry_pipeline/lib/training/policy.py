@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from gymnasium import spaces
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -39,6 +41,30 @@ class PolicyOutput:
     choices."""
     state: Any
     """Recurrent state to pass back with the next observation (None for feed-forward experts)."""
+
+
+def eval_predict(model: BaseAlgorithm, obs: Any, deterministic: bool = True) -> np.ndarray:
+    """`model.predict(obs, deterministic)` of a feed-forward policy, for inference loops.
+
+    The same computation as stable-baselines3's `BasePolicy.predict` (observation to tensor,
+    `_predict` under `no_grad`, reshape, unscale or clip to the action space), except that the
+    policy is switched to eval mode only when it is in training mode: SB3 switches every module on
+    every call, about 0.4 ms of a 1.4 ms decision of the cross-asset extractor, which a backtest
+    or a paper session pays once per bar and expert.
+    """
+    policy = model.policy
+    if policy.training:
+        policy.set_training_mode(False)
+    obs_tensor, vectorized = policy.obs_to_tensor(obs)
+    with torch.no_grad():
+        actions = policy._predict(obs_tensor, deterministic=deterministic)
+    out = actions.cpu().numpy().reshape((-1, *policy.action_space.shape))
+    if isinstance(policy.action_space, spaces.Box):
+        if policy.squash_output:
+            out = policy.unscale_action(out)
+        else:
+            out = np.clip(out, policy.action_space.low, policy.action_space.high)
+    return out if vectorized else out.squeeze(axis=0)
 
 
 class ExpertPolicy:
@@ -83,7 +109,7 @@ class ExpertPolicy:
                 obs, action_masks=action_masks, deterministic=deterministic
             )
         else:
-            action, state = self.model.predict(obs, deterministic=deterministic)
+            action, state = eval_predict(self.model, obs, deterministic), None
         output = exposure_multiplier(action) if self.spec.output == "exposure" else action
         return PolicyOutput(action=action, output=output, state=state)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from carry_pipeline.lib.training.policy import load_expert
+from carry_pipeline.lib.training.policy import eval_predict, load_expert
 from carry_pipeline.lib.training.specs import LONG_TERM_RECURRENT, ExpertSpec, expert_spec
 from carry_pipeline.lib.training.train import data_sha256, train_expert
 
@@ -179,3 +179,26 @@ def test_failed_training_leaves_the_saved_model_untouched(inputs, tmp_path) -> N
         _train(replace(spec, seed=5), inputs, tmp_path, logger=Crash())
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert [p.name for p in folder.parent.iterdir()] == ["fold0"]  # no staging folder left
+
+
+def test_eval_predict_equals_sb3_predict(inputs, tmp_path) -> None:
+    # The inference fast path must give SB3's own deterministic and sampled actions, for one
+    # observation and a batch, whether the policy was left in training mode or not.
+    model = load_expert(
+        _train(expert_spec("short_term", **TINY), inputs, tmp_path).model_path
+    ).model
+    rng = np.random.default_rng(0)
+    spaces_ = model.observation_space.spaces
+    batch = {k: rng.normal(0.0, 2.0, (5, *v.shape)).astype(np.float32) for k, v in spaces_.items()}
+    single = {k: v[0] for k, v in batch.items()}
+    for obs in (batch, single):
+        model.policy.set_training_mode(True)
+        fast = eval_predict(model, obs, deterministic=True)
+        assert not model.policy.training
+        np.testing.assert_array_equal(fast, model.predict(obs, deterministic=True)[0])
+        torch.manual_seed(3)
+        sampled = eval_predict(model, obs, deterministic=False)
+        torch.manual_seed(3)
+        np.testing.assert_array_equal(sampled, model.predict(obs, deterministic=False)[0])
+    assert eval_predict(model, batch).shape == (5, 2)
+    assert np.abs(eval_predict(model, batch)).max() <= 1.0  # clipped to the action space
