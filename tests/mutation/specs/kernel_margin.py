@@ -56,4 +56,13 @@ MUTATIONS: list[Mutation] = [
         tests=_TESTS,
         note="Isolated margin closes every perp when one fails (no isolation).",
     ),
+    Mutation(
+        id="margin-insurance-as-negative-loss",
+        path=_KERNEL,
+        old="    return 0.0, max(before, 0.0), max(-before, 0.0)\n",
+        new="    return 0.0, before, 0.0\n",
+        tests=_TESTS,
+        note="A gap through the bankruptcy price is booked as a negative liquidation_loss (a gain"
+        " to the trader in the costs) instead of into the insurance_fund term; equity is the same.",
+    ),
 ]
