@@ -289,29 +289,41 @@ def test_feed_outage_hides_live_marks_from_exposure_and_pnl_entries() -> None:
     assert checked >= 10
 
 
-@pytest.mark.parametrize("cut", [120, 161, 190, 250])
-def test_observation_with_anomalies_on_is_unchanged_when_the_data_is_cut_after_t(cut: int) -> None:
-    # Bars after `cut` are removed (keeping 1, 5 and 40 more): every observation up to `cut` is the
-    # same, anomalies (flash events, outages, halts, spikes) included.
-    cfg = EnvConfig(
-        flash_crash_per_day=3.0, halt_per_day=2.0, feed_outage_per_day=2.0,
-        funding_spike_prob=0.3, flash_size=0.25, drawdown_limit=0.0,
-    )  # fmt: skip
+LOOK_AHEAD_ANOMALIES = EnvConfig(
+    flash_crash_per_day=3.0, halt_per_day=2.0, feed_outage_per_day=2.0,
+    funding_spike_prob=0.3, flash_size=0.25, drawdown_limit=0.0,
+)  # fmt: skip
+"""Every anomaly frequent (flash events, outages, halts, spikes) for the look-ahead test."""
+
+
+@pytest.mark.parametrize("anomalies", [False, True], ids=["anomalies_off", "anomalies_on"])
+@pytest.mark.parametrize(
+    "cut",
+    [
+        127,  # the bar just before the settlement at bar 128 (settlements every 32 bars)
+        160,  # a settlement bar itself
+        161,  # just after it
+        191,  # just before the settlement at bar 192
+        250,  # between settlements
+    ],
+)
+def test_observation_is_unchanged_when_the_data_is_cut_after_t(cut: int, anomalies: bool) -> None:
+    # Bars after `cut + extra` are removed (extra 0: the frame ends at `cut`, so for cut 127 or 191
+    # the next settlement's print is not in the data at all): every field of every observation up
+    # to `cut` is the same as on the full frame, the funding countdown included (the schedule is
+    # regular, so the cut frame extrapolates the next settlement to the bar the full frame has).
+    cfg = dataclasses.replace(LOOK_AHEAD_ANOMALIES, anomalies=anomalies)
     frame = random_frame(seed=9, n_bars=400)
     ts = frame.get_column("ts").unique().sort()
-    countdown = [
-        i for i, n in enumerate(CarryTradeEnv(frame, cfg).observation_names) if "countdown" in n
-    ]
     rng = np.random.default_rng(cut)
     actions = rng.uniform(-1.0, 1.0, (cut, 2))
     full = _observations(CarryTradeEnv(frame, cfg), actions)
-    for extra in (1, 5, 40):
+    assert len(full) == cut + 1
+    for extra in (0, 1, 5, 40):
         cut_frame = frame.filter(pl.col("ts") <= ts[cut + extra])
         short = _observations(CarryTradeEnv(cut_frame, cfg), actions)
-        for a, b in zip(full, short, strict=True):
-            # The countdown reads the published settlement schedule, which the cut removes.
-            np.testing.assert_array_equal(np.delete(a, countdown), np.delete(b, countdown))
-    assert len(full) == cut + 1
+        for bar, (a, b) in enumerate(zip(full, short, strict=True)):
+            np.testing.assert_array_equal(a, b, err_msg=f"bar {bar}, frame cut at {cut + extra}")
 
 
 def _observations(env: CarryTradeEnv, actions: np.ndarray) -> list[np.ndarray]:

@@ -14,6 +14,8 @@ RESOURCE_TESTS = "tests/pipeline/ingestion/test_resources.py"
 VENUES = "tests/pipeline/ingestion/test_ccxt_venues.py"
 SNAPSHOTS = "carry_pipeline/defs/ingestion/order_book_snapshots.py"
 SNAPSHOT_TESTS = "tests/pipeline/ingestion/test_order_book_snapshots.py"
+BASE = "carry_pipeline/lib/exchanges/base.py"
+FIXTURE_TESTS = "tests/pipeline/ingestion/test_ccxt_fixtures.py"
 
 MUTATIONS: list[Mutation] = [
     Mutation(
@@ -139,5 +141,16 @@ MUTATIONS: list[Mutation] = [
         new="expect_rows=False,",
         tests=(f"{VENUES}::test_empty_funding_page_mid_range_is_retried",),
         note="Bybit/OKX funding paging ends on a lost (empty) page after a full one",
+    ),
+    Mutation(
+        id="book-depth-band-from-touch",
+        path=BASE,
+        old="lo, hi = mid * (1.0 - bps * 1e-4) * (1 - 1e-12), mid * (1.0 + bps * 1e-4)"
+        " * (1 + 1e-12)",
+        new="lo, hi = best_bid * (1.0 - bps * 1e-4), best_ask * (1.0 + bps * 1e-4)",
+        tests=(f"{FIXTURE_TESTS}::test_binance_swap_order_book_depth",),
+        note="depth bands measured from the best bid/ask instead of mid: a wide book looks deep"
+        " (the recorded Binance book's 10 bp bid depth goes from 0 to 32M USDT); the fixture test"
+        " used to take its expectation from reduce_order_book itself and could not see this",
     ),
 ]

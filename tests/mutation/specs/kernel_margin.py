@@ -127,4 +127,13 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/env/test_kernel.py::test_bankruptcy_floors_equity_at_zero",),
         note="Negative equity floored only after a liquidation (margin off or halted: negative).",
     ),
+    Mutation(
+        id="margin-insurance-as-negative-loss",
+        path=_KERNEL,
+        old="    return 0.0, max(before, 0.0), max(-before, 0.0)\n",
+        new="    return 0.0, before, 0.0\n",
+        tests=_TESTS,
+        note="A gap through the bankruptcy price is booked as a negative liquidation_loss (a gain"
+        " to the trader in the costs) instead of into the insurance_fund term; equity is the same.",
+    ),
 ]

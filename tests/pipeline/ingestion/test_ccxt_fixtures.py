@@ -47,10 +47,21 @@ def test_binance_swap_order_book_depth() -> None:
     frame = client.fetch_order_book(
         "BTC/USDT:USDT", "perp", ts - timedelta(hours=1), ts + timedelta(hours=1)
     )
-    want = reduce_order_book(e["parsedResponse"]["bids"], e["parsedResponse"]["asks"])
     row = frame.row(0, named=True)
+    # Hand computation on the recorded five-level book: mid (42651.1 + 42878.0) / 2 = 42764.55, a
+    # 226.9 USDT (53.06 bp) spread. The 10 bp band [42721.79, 42807.31] holds no level (the touch
+    # is 26.5 bp from mid on either side): both 10 bp depths are 0. The 50 bp band
+    # [42550.73, 42978.37] holds all five bids (the deepest, 42609.8, is 36.2 bp away) and the asks
+    # 42878.0 and 42950.9; the next ask, 42980.9, is 50.6 bp away and stays out.
     assert row["best_bid"] == 42651.1 and row["best_ask"] == 42878.0
-    assert row["bid_depth_50bps_usd"] == pytest.approx(want.bid_depth_50bps_usd)
+    assert row["mid"] == pytest.approx(42764.55)
+    assert row["spread_bps"] == pytest.approx(226.9 / 42764.55 * 1e4)
+    assert row["bid_depth_10bps_usd"] == 0.0 and row["ask_depth_10bps_usd"] == 0.0
+    assert row["bid_depth_50bps_usd"] == pytest.approx(
+        42651.1 * 470.672 + 42650.0 * 66.452 + 42646.8 * 126.261 + 42616.1 * 1.394
+        + 42609.8 * 93.162
+    )  # fmt: skip
+    assert row["ask_depth_50bps_usd"] == pytest.approx(42878.0 * 7.011 + 42950.9 * 0.005)
     assert row["ts"] == datetime.fromtimestamp(e["parsedResponse"]["timestamp"] / 1000, UTC)
 
 
