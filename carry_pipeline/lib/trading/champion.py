@@ -53,32 +53,38 @@ class ChampionSource:
     fold: int
 
 
-def _query(database: str, sql: str, params: list[Any], what: str) -> pl.DataFrame:
-    # A read-only query; a missing table is a ChampionError naming the stage that writes it.
+def _query(database: str, sql: str, params: list[Any], table: str, asset: str) -> pl.DataFrame:
+    # A read-only query; a missing table is a ChampionError naming the asset that writes it.
     con = duckdb.connect(database, read_only=True)
     try:
         return utc_frame(con.execute(sql, params).pl())
     except duckdb.CatalogException as exc:
-        raise ChampionError(f"{database}: {what} is missing; materialise it first") from exc
+        raise ChampionError(f"{database} has no {table} table; materialise {asset} first") from exc
     finally:
         con.close()
 
 
-def current_champion_source(database: str) -> ChampionSource:
-    """The row of `models.champion` promoted last.
+def champion_source(database: str, champion_id: str | None = None) -> ChampionSource:
+    """The `models.champion` row of `champion_id`, or the row promoted last when None.
 
     Raises:
-        ChampionError: no `models.champion` table, or no row in it.
+        ChampionError: no `models.champion` table, no row in it, or none with that id.
     """
+    where, params = ("where champion_id = ? ", [champion_id]) if champion_id else ("", [])
     rows = _query(
         database,
-        "select champion_id, model_path, fold from models.champion "
+        f"select champion_id, model_path, fold from models.champion {where}"
         "order by promoted_at desc limit 1",
-        [],
-        "models.champion (reports/champion_model)",
+        params,
+        "models.champion",
+        "reports/champion_model",
     )
     if rows.height == 0:
-        raise ChampionError(f"{database}: models.champion is empty; no champion has been promoted")
+        raise ChampionError(
+            f"{database}: models.champion has no row for champion {champion_id!r}"
+            if champion_id
+            else f"{database}: models.champion is empty; no champion has been promoted"
+        )
     r = rows.row(0, named=True)
     return ChampionSource(str(r["champion_id"]), str(r["model_path"]), int(r["fold"]))
 
@@ -96,6 +102,7 @@ def model_folder_source(database: str, model_path: str) -> ChampionSource:
         "select fold from models.meta_controller where model_path = ? order by fold desc",
         [model_path],
         "models.meta_controller",
+        "models/meta_controller",
     )
     if rows.height == 0:
         raise ChampionError(
@@ -127,6 +134,7 @@ def window_settings(database: str, fold: int) -> WindowSettings:
         "select * from datasets.training_windows where fold = ? and segment = 'train'",
         [fold],
         "datasets.training_windows",
+        "datasets/training_windows",
     )
     if manifest.height != 1:
         raise ChampionError(
@@ -138,6 +146,7 @@ def window_settings(database: str, fold: int) -> WindowSettings:
         "select * from datasets.normalisation_stats where fold = ?",
         [fold],
         "datasets.normalisation_stats",
+        "datasets/normalisation_stats",
     )
     if stats.height == 0:
         raise ChampionError(f"{database}: datasets.normalisation_stats has no rows for fold {fold}")
