@@ -57,7 +57,7 @@ def _query(database: str, sql: str, params: list[Any], table: str, asset: str) -
     # A read-only query; a missing table is a ChampionError naming the asset that writes it.
     con = duckdb.connect(database, read_only=True)
     try:
-        return utc_frame(con.execute(sql, params).pl())
+        return utc_frame(con.sql(sql, params=params or None).pl())
     except duckdb.CatalogException as exc:
         raise ChampionError(f"{database} has no {table} table; materialise {asset} first") from exc
     finally:

@@ -49,16 +49,19 @@ def _upstream(database: Path, windows_root: Path) -> None:
     )
     features = combine_features(carry, sentiment)
     usable = features.filter(~pl.col("warmup"))["ts"]
+    hour = timedelta(hours=1)
     folds = pl.DataFrame([{"fold": 0, "is_latest": True, "scheme": "anchored",
-                           "train_start": usable.min(), "train_end": usable.max() + timedelta(hours=1),
+                           "train_start": usable.min(), "train_end": usable.max() + hour,
                            "test_start": None, "test_end": None, "embargo_hours": 1.0}],
                          schema=FOLD_SCHEMA)  # fmt: skip
     stats = compute_normalisation_stats(features, folds)
-    manifest = write_training_windows(features, stats, folds, windows_root,
-                                      TrainingWindowsConfig(lookback=8), bar=timedelta(hours=1))  # fmt: skip
+    manifest = write_training_windows(
+        features, stats, folds, windows_root, TrainingWindowsConfig(lookback=8), bar=hour
+    )
     tables = {"features.market_bars": bars, "features.carry_features": carry,
               "features.sentiment_windows": sentiment, "datasets.walk_forward_folds": folds,
-              "datasets.normalisation_stats": stats, "datasets.training_windows": manifest}  # fmt: skip
+              "datasets.normalisation_stats": stats,
+              "datasets.training_windows": manifest}  # fmt: skip
     with duckdb.connect(str(database)) as con:
         for name, table in tables.items():
             con.execute(f"create schema if not exists {name.split('.')[0]}")
