@@ -1,19 +1,24 @@
-"""`paper_trading_job`: one paper session, simulated (default) or on a ccxt public feed.
+"""`paper_trading_job`: one paper session, simulated (default) or on a ccxt public feed, and its
+report against the backtest of the same bars.
 
 The op resolves the policy, builds the feed, checks the live-trading guard when asked for live
 trading, runs `run_paper_session` into the ledger (`paper` schema of the DuckDB file) with
-`SessionMetrics` on the bar hook, logs every alert, and returns the session's result as metadata.
-Policies: `rule` (the funding-sign rule, `FundingRulePolicy`) or `champion` / a model folder:
-the champion's folder is read from `models.champion.model_path`; loading a saved expert or
-meta-controller into the flat observation of the paper env is not built yet, so those fail at
-once with that message (see the README).
+`SessionMetrics` on the bar hook, logs every alert, then backtests the same policy over the
+session's bars (`lib/trading/tracking.py`), writes a `policy_divergence` alert when the actions
+differ beyond `divergence_threshold`, saves the tracking figure under `report_dir` and returns the
+session's result with the tracking figures and the plot as the output's metadata (the
+`paper_trading_report`: metadata, not an asset, because a report belongs to one session run).
+Policies: `rule` (the funding-sign rule, `FundingRulePolicy`), `champion` (the last row of
+`models.champion`) or a saved meta-controller folder; both of the latter run through
+`lib/trading/champion.py` on paper windows built for the feed's bars.
 """
 
+import base64
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 import numpy as np
 from pydantic import Field
 
@@ -22,12 +27,29 @@ from carry_env.env import CarryTradeEnv
 from carry_pipeline.lib.duckdb_io import default_database
 from carry_pipeline.lib.features.carry import CarryFeaturesConfig
 from carry_pipeline.lib.trading.books import SimulatedExchangeBooks
+from carry_pipeline.lib.trading.champion import (
+    ChampionError,
+    ChampionSource,
+    champion_source,
+    load_champion_policy,
+    model_folder_source,
+    window_settings,
+)
 from carry_pipeline.lib.trading.feeds import simulated_feed
 from carry_pipeline.lib.trading.ledger import Ledger
 from carry_pipeline.lib.trading.live import check_live_allowed
 from carry_pipeline.lib.trading.monitoring import SessionMetrics
 from carry_pipeline.lib.trading.risk import RiskConfig
 from carry_pipeline.lib.trading.session import SessionSpec, run_paper_session
+from carry_pipeline.lib.trading.tracking import (
+    DIVERGENCE_THRESHOLD,
+    TrackingResult,
+    divergence_alert,
+    figure_png,
+    read_session,
+    track_session,
+    tracking_figure,
+)
 
 
 class FundingRulePolicy:
@@ -61,6 +83,13 @@ class PaperTradingConfig(dg.Config):
         default=False, description="Real orders; also needs CARRY_LIVE_TRADING=I_UNDERSTAND."
     )
     champion_id: str | None = Field(default=None, description="Set by champion_model_sensor.")
+    divergence_threshold: float = Field(
+        default=DIVERGENCE_THRESHOLD,
+        description="Alert when a bar's policy action differs from the backtest's by more.",
+    )
+    report_dir: str | None = Field(
+        default=None, description="Tracking figure folder; default <database dir>/reports/paper."
+    )
 
 
 def champion_model_path(database: str) -> tuple[str, str]:
@@ -69,32 +98,56 @@ def champion_model_path(database: str) -> tuple[str, str]:
     Raises:
         ValueError: the table does not exist or is empty.
     """
-    con = duckdb.connect(database, read_only=True)
-    try:
-        row = con.execute(
-            "select champion_id, model_path from models.champion order by promoted_at desc limit 1"
-        ).fetchone()
-    except duckdb.CatalogException as exc:
-        raise ValueError(
-            f"{database} has no models.champion table; materialise reports/champion_model first"
-        ) from exc
-    finally:
-        con.close()
-    if row is None:
-        raise ValueError(f"{database}: models.champion is empty; no champion has been promoted")
-    return str(row[0]), str(row[1])
+    source = champion_source(database)
+    return source.champion_id, source.model_path
 
 
-def _policy(config: PaperTradingConfig, env: CarryTradeEnv, database: str) -> Any:
+def _champion(config: PaperTradingConfig, database: str) -> ChampionSource | None:
+    # The saved meta-controller the config names (None for the rule policy).
     if config.policy == "rule":
+        return None
+    try:
+        if config.policy == "champion":
+            # The sensor names the champion it launched for; without an id, the latest row.
+            return champion_source(database, config.champion_id)
+        return model_folder_source(database, config.policy)
+    except ChampionError as exc:
+        raise dg.Failure(
+            description=f"policy {config.policy!r}: {exc}", allow_retries=False
+        ) from exc
+
+
+def _policy(source: ChampionSource | None, env: CarryTradeEnv, database: str) -> Any:
+    if source is None:
         return FundingRulePolicy(env.observation_names, env.market.symbols)
-    path = champion_model_path(database)[1] if config.policy == "champion" else config.policy
-    raise dg.Failure(
-        description=f"policy {config.policy!r} resolves to the saved model {path}; adapting a "
-        "saved expert or meta-controller to the paper env's flat observation is not built yet. "
-        "Use policy: rule.",
-        allow_retries=False,
-    )
+    try:
+        return load_champion_policy(database, source, env.market)
+    except ChampionError as exc:
+        raise dg.Failure(description=f"champion: {exc}", allow_retries=False) from exc
+
+
+def _needs_sentiment(source: ChampionSource | None, database: str) -> bool:
+    # The champion's windows hold f_sent_ features: the feed must build them too.
+    if source is None:
+        return False
+    try:
+        features = window_settings(database, source.fold).features
+    except ChampionError as exc:
+        raise dg.Failure(description=f"champion: {exc}", allow_retries=False) from exc
+    return any(f.startswith("f_sent_") for f in features)
+
+
+def _report_metadata(result: TrackingResult, folder: Path) -> dict[str, Any]:
+    # The figures, the thumbnail inline (a few tens of KB) and the full-size file beside it.
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tracking.png"
+    path.write_bytes(figure_png(tracking_figure(result), dpi=110))
+    thumb = base64.b64encode(figure_png(tracking_figure(result, (6.0, 3.6)), dpi=60)).decode()
+    return {
+        **result.metadata(),
+        "tracking_plot": dg.MetadataValue.md(f"![tracking](data:image/png;base64,{thumb})"),
+        "tracking_plot_path": dg.MetadataValue.path(str(path)),
+    }
 
 
 @dg.op(description="Run one paper session into the ledger.")
@@ -110,23 +163,26 @@ def paper_session(context: dg.OpExecutionContext, config: PaperTradingConfig) ->
         )
     database = config.database or default_database()
     start = datetime.fromisoformat(config.start).replace(tzinfo=UTC)
+    source = _champion(config, database)
     feed, snapshots = simulated_feed(
         tuple(config.bases),
         start,
         start + timedelta(days=config.days),
         seed=config.seed,
         carry=CarryFeaturesConfig(higher_timeframes=tuple(config.higher_timeframes)),
+        sentiment=_needs_sentiment(source, database),
     )
     env_config = EnvConfig()
     env = CarryTradeEnv(feed.market, env_config)
-    policy = _policy(config, env, database)
+    policy = _policy(source, env, database)
     metrics = SessionMetrics(
         config.session_id, env_config.initial_cash, lambda k, m: context.log.warning(f"{k}: {m}")
     )
+    spec = SessionSpec(config.session_id, env_config, RiskConfig(**config.risk))
     ledger = Ledger(database)
     try:
         result = run_paper_session(
-            spec=SessionSpec(config.session_id, env_config, RiskConfig(**config.risk)),
+            spec=spec,
             feed=feed,
             policy=policy,
             books=SimulatedExchangeBooks(snapshots, feed.now),
@@ -134,11 +190,32 @@ def paper_session(context: dg.OpExecutionContext, config: PaperTradingConfig) ->
             max_bars=config.max_bars,
             on_bar=metrics.observe,
         )
+        tracking = track_session(
+            feed.market,
+            spec,
+            read_session(ledger, spec.session_id),
+            policy,
+            threshold=config.divergence_threshold,
+        )
+        alert = divergence_alert(tracking)
+        if alert is not None and ledger.add_alert(spec.session_id, *alert):
+            context.log.warning(f"policy_divergence: {alert[2]}")
     finally:
         ledger.close()
+    folder = Path(config.report_dir or Path(database).parent / "reports" / "paper")
+    report = _report_metadata(tracking, folder / config.session_id)
+    context.log.info(
+        f"paper vs backtest: P&L gap {tracking.pnl_gap:+.2%}, tracking error "
+        f"{tracking.tracking_error:.2%}/yr, figure {report['tracking_plot_path'].value}"
+    )
     return dg.Output(
         result.new_bars,
-        metadata={"last_bar": result.last_bar, "equity": result.equity, "ended": result.ended},
+        metadata={
+            "last_bar": result.last_bar,
+            "equity": result.equity,
+            "ended": result.ended,
+            **report,
+        },
     )
 
 

@@ -253,6 +253,17 @@ class MetaBacktestPolicy:
         self._exposure.append(float(np.mean(core.multiplier[0])))
         return np.asarray(action, dtype=np.float64)[0], state
 
+    def last_decision(self) -> dict[str, Any]:
+        """The last `predict`'s per-expert suggestions (`expert_outputs`, per asset, plus the
+        anomaly expert's multiplier under `exposure`) and `gating_weights` by option."""
+        if self._core is None or self._prev_bar is None:
+            raise RuntimeError("MetaBacktestPolicy.last_decision() needs a predict() first")
+        core = self._core
+        outputs = {n: core.suggestions[0, j].tolist() for j, n in enumerate(core.names)}
+        outputs["exposure"] = core.multiplier[0].tolist()
+        weights = dict(zip(self.options, core.weights[0].tolist(), strict=True))
+        return {"expert_outputs": outputs, "gating_weights": weights}
+
     def weights_frame(self, fold: int | None = None) -> pl.DataFrame:
         """`EXPERT_WEIGHTS_SCHEMA` rows of the last backtest (fold defaults to the model's)."""
         n = len(self._ts)

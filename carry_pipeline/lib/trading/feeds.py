@@ -33,6 +33,7 @@ from carry_pipeline.lib.exchanges.simulated import SimulatedExchange
 from carry_pipeline.lib.features.bars import MarketBarsConfig, build_market_bars
 from carry_pipeline.lib.features.carry import CarryFeaturesConfig, build_carry_features
 from carry_pipeline.lib.features.pipeline import build_market_frame
+from carry_pipeline.lib.features.sentiment import build_sentiment_windows
 from carry_pipeline.lib.features.timeframes import parse_duration
 from carry_pipeline.lib.trading.session import ReplayFeed
 
@@ -44,18 +45,27 @@ RAW_TABLES = {
 }
 """Raw-table dict key -> table of the DuckDB schema `raw`."""
 
+SENTIMENT_HISTORY = timedelta(days=14)
+"""Sentiment scores fetched before the first bar: covers the 7-day z-score window's warm-up."""
+
 
 def market_frame_from_raw(
     raw: dict[str, pl.DataFrame],
     bars: MarketBarsConfig,
     carry: CarryFeaturesConfig | None = None,
+    sentiment_scores: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """The env's market frame (warm-up dropped) from raw tables, by the pipeline's functions."""
+    """The env's market frame (warm-up dropped) from raw tables, by the pipeline's functions;
+    with `sentiment_scores`, also the `sentiment` column and the `f_sent_` window features
+    (`build_sentiment_windows` at its defaults)."""
     market_bars = build_market_bars(
         raw["spot"], raw["perp"], raw["funding"], raw.get("order_book"), bars
     )
     features = build_carry_features(market_bars, carry or CarryFeaturesConfig())
-    return build_market_frame(market_bars, features, None)
+    sentiment = None
+    if sentiment_scores is not None:
+        sentiment = build_sentiment_windows(sentiment_scores, market_bars["ts"])
+    return build_market_frame(market_bars, features, sentiment)
 
 
 def fetch_raw(
@@ -176,15 +186,19 @@ def simulated_feed(
     seed: int = 0,
     seconds_per_bar: float = 0.0,
     carry: CarryFeaturesConfig | None = None,
+    sentiment: bool = False,
 ) -> tuple[SimulatedFeed, FrameBooks]:
     """The seeded simulated exchange over `[start, end)` as a feed, and its order-book snapshots
     (hand them to `SimulatedExchangeBooks(books, feed.now)`).
 
-    The bars are what the pipeline would build from the same raw tables (warm-up dropped).
+    The bars are what the pipeline would build from the same raw tables (warm-up dropped); with
+    `sentiment`, the exchange's sentiment index from `SENTIMENT_HISTORY` before `start` gives the
+    `f_sent_` features, as the pipeline's `sentiment_windows` does.
     """
     exchange = SimulatedExchange(seed=seed, clock=lambda: end)
     raw = fetch_raw(exchange, bases, timeframe, start, end)
-    frame = market_frame_from_raw(raw, MarketBarsConfig(bar=timeframe), carry)
+    scores = exchange.fetch_sentiment(start - SENTIMENT_HISTORY, end) if sentiment else None
+    frame = market_frame_from_raw(raw, MarketBarsConfig(bar=timeframe), carry, scores)
     return SimulatedFeed(MarketData.from_frame(frame), seconds_per_bar), FrameBooks(
         raw["order_book"]
     )

@@ -11,7 +11,7 @@ Tables (primary keys in brackets, so a bar booked twice is an error, never a dup
 | `paper.positions` | asset after the bar: spot, perp, collateral | bar, symbol |
 | `paper.equity` | bar: equity, cash, the step's cash flows, risk state + snapshot | bar |
 | `paper.risk_events` | risk record (decision, denial, state change, feed fault) | bar, seq |
-| `paper.alerts` | alert (risk state change, feed down) | bar, seq |
+| `paper.alerts` | alert (risk state change, feed down, policy divergence) | bar, seq |
 
 `bar` is the env bar index the decision was taken at; the equity row is marked one bar later.
 `commit_bar` writes all tables of a bar or none (one `BEGIN ... COMMIT`); a process killed mid-bar
@@ -219,6 +219,41 @@ class Ledger:
         except BaseException:
             con.execute("rollback")
             raise
+
+    def read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """The rows of a query on the `paper` tables (`paper.` is qualified with the catalog)."""
+        return self._sql(sql, params).fetchall()
+
+    def add_alert(
+        self, session_id: str, bar: int, kind: str, message: str, figures: dict[str, Any]
+    ) -> bool:
+        """Append an alert found after the fact (the paper-vs-backtest divergence) at `bar`, with
+        the next free `seq` of that bar; an alert of the same kind at the same bar is never
+        written twice. Returns whether a row was written."""
+        con = self.con
+        con.execute("begin transaction")
+        try:
+            exists = self._sql(
+                "select count(*) from paper.alerts where session_id = ? and bar = ? and kind = ?",
+                [session_id, bar, kind],
+            ).fetchone()
+            if exists is not None and exists[0]:
+                con.execute("rollback")
+                return False
+            seq = self._sql(
+                "select coalesce(max(seq) + 1, 0) from paper.alerts where session_id = ? "
+                "and bar = ?",
+                [session_id, bar],
+            ).fetchone()
+            self._sql(
+                "insert into paper.alerts values (?, ?, ?, ?, ?, ?)",
+                [session_id, bar, seq[0] if seq else 0, kind, message, to_json(figures)],
+            )
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+        return True
 
     def committed_bars(self, session_id: str) -> list[int]:
         """Bars committed for the session, ascending."""

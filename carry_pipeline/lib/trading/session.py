@@ -3,10 +3,12 @@ step -> ledger, one bar at a time, resumable after a crash.
 
 The env is the training and backtest env (`CarryTradeEnv`); only its feed (`PaperFeed`) and
 executor (`RiskGate` around `BookExecutor`, behind `_ResumingExecutor`) differ. On start the
-session replays the ledger's committed bars through the env with their stored actions and stored
-fills (no book is walked, no order sent; the env must plan the same orders, else the ledger and the
-market disagree and the session stops), restores the risk manager's latches, and continues live
-from the first bar not committed.
+session calls the policy's `reset(env)` when it has one (the trained-model adapters build their
+observation gathers there), replays the ledger's committed bars through the env with their stored
+actions and stored fills (no book is walked, no order sent; the env must plan the same orders,
+else the ledger and the market disagree and the session stops; the policy is asked again at each
+non-fault bar, so a stateful policy is where it was before the restart), restores the risk
+manager's latches, and continues live from the first bar not committed.
 
 Feed faults (the feed's `poll` raising, or returning a reason: no data, malformed bar) never crash
 the loop: the bar is held (action NaN: no orders, positions carried and marked), a `feed_fault`
@@ -235,6 +237,9 @@ def run_paper_session(
     if getattr(feed, "live", False):
         options["open_end"] = True
     obs, info = env.reset(seed=spec.seed, options=options)
+    reset = getattr(policy, "reset", None)
+    if callable(reset):
+        reset(env)  # trained-model adapters build their observation gathers over this env
     ended = False
     replay = ledger.replay_bars(spec.session_id)
     if replay and replay[0].bar != spec.start:
@@ -243,6 +248,10 @@ def run_paper_session(
         )
     for rb in replay:
         executor.replay = rb
+        if not rb.feed_fault:
+            # A stateful policy (the meta-controller's running statistics) sees every bar it saw
+            # before the restart; its action is the stored one.
+            policy.predict(obs, deterministic=True)
         obs, _, term, trunc, info = env.step(np.asarray(rb.action))
         ended = term or trunc
     executor.replay = None

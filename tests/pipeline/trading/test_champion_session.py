@@ -1,0 +1,155 @@
+"""The champion end to end: a tiny meta-controller (and its four experts) trained through the models
+assets on the simulated exchange's features, a `models.champion` row for it, `champion_model_sensor`
+evaluated against a real instance in which `reports/champion_model` materialised, and the run it
+requests executed with `paper_trading_job` for two simulated days: ledger rows with the experts'
+outputs and the gating weights, and the tracking report in the output's metadata."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+import torch
+
+from carry_pipeline.defs.trading.jobs import paper_trading_job
+from carry_pipeline.defs.trading.sensors import champion_model_sensor
+from carry_pipeline.lib.evaluation.champion import CHAMPION_SCHEMA, append_champion
+from carry_pipeline.lib.exchanges.simulated import SimulatedExchange
+from carry_pipeline.lib.features.bars import MarketBarsConfig, build_market_bars
+from carry_pipeline.lib.features.carry import CarryFeaturesConfig, build_carry_features
+from carry_pipeline.lib.features.folds import FOLD_SCHEMA
+from carry_pipeline.lib.features.normalisation import compute_normalisation_stats
+from carry_pipeline.lib.features.pipeline import combine_features
+from carry_pipeline.lib.features.sentiment import build_sentiment_windows
+from carry_pipeline.lib.features.windows import TrainingWindowsConfig, write_training_windows
+from carry_pipeline.lib.trading.feeds import SENTIMENT_HISTORY, fetch_raw
+from tests.pipeline.models.test_model_assets import EXPERTS, _materialize, meta_controller
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+DAYS = 12
+HIGHER = ("4h",)
+
+
+def _upstream(database: Path, windows_root: Path) -> None:
+    # The features and datasets tables the models assets read, from the simulated exchange (seed
+    # 1) by the pipeline's functions, with one fold: the latest window over every usable bar.
+    end = START + timedelta(days=DAYS)
+    exchange = SimulatedExchange(seed=1, clock=lambda: end)
+    raw = fetch_raw(exchange, ("BTC", "ETH"), "1h", START, end)
+    bars = build_market_bars(raw["spot"], raw["perp"], raw["funding"], raw["order_book"],
+                             MarketBarsConfig(bar="1h"))  # fmt: skip
+    carry = build_carry_features(bars, CarryFeaturesConfig(higher_timeframes=HIGHER))
+    sentiment = build_sentiment_windows(
+        exchange.fetch_sentiment(START - SENTIMENT_HISTORY, end), bars["ts"]
+    )
+    features = combine_features(carry, sentiment)
+    usable = features.filter(~pl.col("warmup"))["ts"]
+    hour = timedelta(hours=1)
+    folds = pl.DataFrame([{"fold": 0, "is_latest": True, "scheme": "anchored",
+                           "train_start": usable.min(), "train_end": usable.max() + hour,
+                           "test_start": None, "test_end": None, "embargo_hours": 1.0}],
+                         schema=FOLD_SCHEMA)  # fmt: skip
+    stats = compute_normalisation_stats(features, folds)
+    manifest = write_training_windows(
+        features, stats, folds, windows_root, TrainingWindowsConfig(lookback=8), bar=hour
+    )
+    tables = {"features.market_bars": bars, "features.carry_features": carry,
+              "features.sentiment_windows": sentiment, "datasets.walk_forward_folds": folds,
+              "datasets.normalisation_stats": stats,
+              "datasets.training_windows": manifest}  # fmt: skip
+    with duckdb.connect(str(database)) as con:
+        for name, table in tables.items():
+            con.execute(f"create schema if not exists {name.split('.')[0]}")
+            con.register("t", table.to_arrow())
+            con.execute(f"create or replace table {name} as select * from t")
+            con.unregister("t")
+
+
+@pytest.fixture(scope="module")
+def champion_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("champion")
+    store = {"database": root / "carry.duckdb", "models": root / "models"}
+    _upstream(store["database"], root / "windows")
+    assert _materialize(store, [*EXPERTS, meta_controller]).success
+    with duckdb.connect(str(store["database"])) as con:
+        model = con.execute("select model_path, data_sha256, trained_at from "
+                            "models.meta_controller where fold = 0").fetchone()  # fmt: skip
+        assert model is not None
+        row = pl.DataFrame([{"champion_id": "run1:meta_controller", "run_id": "run1",
+                             "promoted_at": datetime.now(UTC), "policy": "meta_controller",
+                             "model_path": model[0], "fold": 0, "data_sha256": model[1],
+                             "trained_at": model[2], "fold_metrics": "[]", "decision": "[]",
+                             "rule": "{}"}], schema=CHAMPION_SCHEMA)  # fmt: skip
+        append_champion(con, row)
+    return store["database"], str(model[0])
+
+
+@dg.asset(key=["reports", "champion_model"])
+def champion_model_stand_in() -> dg.MaterializeResult:
+    """Test-only stand-in for the reports stage's asset (its `champion_id` metadata)."""
+    return dg.MaterializeResult(metadata={"champion_id": "run1:meta_controller"})
+
+
+@pytest.mark.slow
+def test_sensor_launches_a_paper_session_of_the_champion(
+    champion_store: tuple[Path, str], tmp_path: Path
+) -> None:
+    database, _ = champion_store
+    defs = dg.Definitions(assets=[champion_model_stand_in], jobs=[paper_trading_job],
+                          sensors=[champion_model_sensor])  # fmt: skip
+    with dg.instance_for_test() as instance:
+        dg.materialize([champion_model_stand_in], instance=instance)
+        tick = champion_model_sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, definitions=defs)
+        )
+        [request] = tick.run_requests
+        assert request.run_key == "champion-run1:meta_controller"
+        config = request.run_config["ops"]["paper_session"]["config"]
+        # The requested config as it is, plus where this test's store is and a short session.
+        config = {**config, "database": str(database), "days": DAYS,
+                  "higher_timeframes": list(HIGHER), "max_bars": 48,
+                  "report_dir": str(tmp_path / "reports")}  # fmt: skip
+        result = paper_trading_job.execute_in_process(
+            run_config={"ops": {"paper_session": {"config": config}}},
+            instance=instance,
+            tags=request.tags,
+        )
+    assert result.success and result.output_for_node("paper_session") == 48
+    [out] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    meta = {k: v.value for k, v in out.event_specific_data.metadata.items()}
+    assert meta["bars"] == 48 and abs(meta["pnl_gap"]) <= 0.15
+    assert Path(meta["tracking_plot_path"]).read_bytes()[:4] == b"\x89PNG"
+    session = "champion-run1:meta_controller"
+    with duckdb.connect(str(database), read_only=True) as con:
+        assert con.execute("select count(*) from paper.sessions where session_id = ?",
+                           [session]).fetchone() == (1,)  # fmt: skip
+        assert con.execute("select count(*) from paper.equity where session_id = ?",
+                           [session]).fetchone() == (48,)  # fmt: skip
+        rows = con.execute("select expert_outputs, gating_weights from paper.decisions "
+                           "where session_id = ? and feed_fault = '' order by bar",
+                           [session]).fetchall()  # fmt: skip
+    assert len(rows) == 48
+    outputs, weights = json.loads(rows[-1][0]), json.loads(rows[-1][1])
+    assert {"short_term", "long_term", "sentiment", "exposure"} <= set(outputs)
+    assert len(outputs["short_term"]) == 2  # one suggestion per asset
+    assert set(weights) == {"short_term", "long_term", "sentiment", "flat"}
+    assert sum(weights.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_a_model_folder_that_is_gone_fails_naming_it(champion_store: tuple[Path, str]) -> None:
+    database, _ = champion_store
+    config = {"session_id": "gone", "database": str(database), "policy": "/nowhere/meta/fold0"}
+    result = paper_trading_job.execute_in_process(
+        run_config={"ops": {"paper_session": {"config": config}}}, raise_on_error=False
+    )
+    assert not result.success
+    errors = " ".join(str(e.event_specific_data.error) for e in result.all_events
+                      if e.event_type_value == "STEP_FAILURE")  # fmt: skip
+    assert "model folder /nowhere/meta/fold0 does not exist" in errors
