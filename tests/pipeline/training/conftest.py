@@ -122,3 +122,70 @@ def fold_inputs(
         stats=stats,
         test_start_bar=market.index_of(test_start),
     )
+
+
+def crash_frame(
+    n_bars: int,
+    crash_bars: tuple[int, ...],
+    *,
+    warning_bars: int = 4,
+    squeeze: float = 0.4,
+    funding_bp: float = 10.0,
+    seed: int = 3,
+) -> pl.DataFrame:
+    """`carry_frame` on one symbol (BTC) with scheduled perp squeezes and a visible precursor.
+
+    At each bar `c` of `crash_bars` the perp prints `1 + squeeze` times its price for that one bar
+    (spot unchanged, so the basis blows out by `squeeze`): a short perp at the env's default 3x
+    isolated leverage loses more than its collateral and is liquidated, whatever its size. The
+    feature `f_squeeze` is noise N(0, 1) except on the `warning_bars` bars before each crash, where
+    it ramps to 4, 6, 8, 10 (+ noise), and the quoted spread widens from 1 bp to 5, 10, 15, 20 bp
+    (liquidity withdrawing): the precursor, visible in the windows and in the env's `spread_bps`
+    from bar `c - warning_bars` on (a window ending at a bar includes it).
+    """
+    frame = carry_frame(n_bars, ("BTC",), funding_bp=funding_bp, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    perp = frame["perp_price"].to_numpy().copy()
+    squeeze_feature = rng.normal(0.0, 1.0, n_bars)
+    spread = frame["spread_bps"].to_numpy().copy()
+    ramp = np.arange(1, warning_bars + 1)
+    for c in crash_bars:
+        perp[c] *= 1.0 + squeeze
+        squeeze_feature[c - warning_bars : c] += 2.0 + 2.0 * ramp
+        spread[c - warning_bars : c] = 20.0 * ramp / warning_bars
+    return frame.with_columns(
+        pl.Series("spread_bps", spread),
+        pl.Series("perp_price", perp),
+        pl.Series("f_basis_bps", (perp / frame["spot_price"].to_numpy() - 1.0) * 1e4),
+        pl.Series("f_squeeze", squeeze_feature),
+    )
+
+
+def sentiment_frame(
+    n_bars: int,
+    *,
+    regime_bars: int = 60,
+    lead_bars: int = 6,
+    funding_bp: float = 10.0,
+    seed: int = 4,
+) -> pl.DataFrame:
+    """`carry_frame` on one symbol (BTC) whose funding flips sign every `regime_bars` bars (+, -,
+    +, ...), with extreme sentiment ahead of each flip.
+
+    The sentiment (`sentiment` column and the window feature `f_sent_score`) is noise N(0, 0.3)
+    except on the `lead_bars` bars before a flip, where it is 3 times the sign of the coming
+    funding (+ noise): euphoria before funding turns positive, panic before it turns negative.
+    """
+    frame = carry_frame(n_bars, ("BTC",), funding_bp=funding_bp, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    sign = np.where((np.arange(n_bars) // regime_bars) % 2 == 0, 1.0, -1.0)
+    funding = frame["funding_rate"].to_numpy() * sign
+    sentiment = rng.normal(0.0, 0.3, n_bars)
+    for flip in range(regime_bars, n_bars, regime_bars):
+        sentiment[flip - lead_bars : flip] += 3.0 * sign[flip]
+    return frame.with_columns(
+        pl.Series("funding_rate", funding),
+        pl.Series("f_funding_bp", funding * 1e4),
+        pl.Series("sentiment", sentiment),
+        pl.Series("f_sent_score", sentiment),
+    )
