@@ -208,7 +208,7 @@ def basis_blowout(
         factor = np.ones(part.height)
         size = min(extra.shape[0], part.height - i0)
         factor[i0 : i0 + size] += extra[:size]
-        parts.append(part.with_columns(perp_price=pl.col("perp_price") * factor))
+        parts.append(_scale_perp(part, factor))
     frame = pl.concat(parts)
     worst = _bar_after(frame, at, w - 1)
     return Scenario(
@@ -583,7 +583,6 @@ def _reshape_spot(
     for sym in _symbols(base):
         part = base.filter(pl.col("symbol") == sym).sort("ts")
         s = part.get_column("spot_price").to_numpy().astype(np.float64)
-        p = part.get_column("perp_price").to_numpy().astype(np.float64)
         i0 = _index(part, at)
         lv = levels(part.height - i0)[: part.height - i0]
         new = s.copy()
@@ -591,7 +590,17 @@ def _reshape_spot(
         j = i0 + lv.shape[0]
         if j < s.shape[0]:
             new[j:] = s[j:] * (new[j - 1] / s[j - 1])
-        parts.append(
-            part.with_columns(spot_price=pl.Series(new), perp_price=pl.Series(new * p / s))
-        )
+        parts.append(_scale_perp(part.with_columns(spot_price=pl.Series(new)), new / s))
     return pl.concat(parts)
+
+
+PERP_PRICE_COLUMNS = ("perp_price", "mark_price", "perp_high", "perp_low")
+"""Columns that move with the perp's price when a scenario reshapes it: the last price, the mark
+(it follows the index and a moving average of the basis, so a shock lasting hours carries it too)
+and the bar's extremes (the whole bar is shifted, so the close stays inside its high/low)."""
+
+
+def _scale_perp(part: pl.DataFrame, factor: np.ndarray) -> pl.DataFrame:
+    # One symbol's rows: every perp price column the frame has, times `factor` bar by bar.
+    f = pl.Series(np.asarray(factor, dtype=np.float64))
+    return part.with_columns([pl.col(c) * f for c in PERP_PRICE_COLUMNS if c in part.columns])

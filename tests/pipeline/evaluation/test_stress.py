@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from carry_env import EnvConfig
+from carry_env import EnvConfig, MarketData
 from carry_pipeline.lib.evaluation import stress as st
 from carry_pipeline.lib.evaluation.baselines import Flat, LongCarry, SpotBuyAndHold
 
@@ -259,3 +259,21 @@ def test_btc_crisis_anchors_are_binance_klines() -> None:
             here, before = by_open[t], by_open[t - timedelta(hours=1)]
             values = {here["open"], here["low"], here["high"], before["close"]}
             assert price in values, f"{name} {when}: {price} is none of {values}"
+
+
+def test_scenarios_move_the_mark_and_the_bar_extremes_with_the_perp() -> None:
+    # The pipeline's market frame carries the perp's high/low and the mark: a shock that moved
+    # only `perp_price` would leave the close outside its own bar (the env rejects that frame) and
+    # the mark at the pre-shock level. Hand values: high/low 0.2 % around the close, mark = close.
+    base = _base(symbols=(BTC, "ETH/USDT:USDT")).with_columns(
+        perp_high=pl.col("perp_price") * 1.002,
+        perp_low=pl.col("perp_price") * 0.998,
+        mark_price=pl.col("perp_price"),
+    )
+    for sc in st.injected_scenarios(base, AT):
+        for sym in (BTC, "ETH/USDT:USDT"):
+            p = _col(sc, "perp_price", sym)
+            np.testing.assert_allclose(_col(sc, "perp_high", sym) / p, 1.002, rtol=1e-12)
+            np.testing.assert_allclose(_col(sc, "perp_low", sym) / p, 0.998, rtol=1e-12)
+            np.testing.assert_allclose(_col(sc, "mark_price", sym), p, rtol=1e-12)
+        MarketData.from_frame(sc.frame)  # a valid env frame
