@@ -9,16 +9,6 @@ from carry_pipeline.definitions import defs
 from carry_pipeline.main import QUICKSTART_FEATURES, ingest, missing_partitions, missing_ranges
 
 
-def test_main_job_selects_every_stage_after_ingestion() -> None:
-    job = defs.resolve_job_def("carry_pipeline_job")
-    keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
-    assert {"features/market_bars", "features/carry_features", "datasets/training_windows"} <= keys
-    assert {"models/short_term_expert", "models/meta_controller"} <= keys
-    assert not any(
-        key.startswith("raw/") for key in keys
-    )  # raw partitions come from ingest_job runs
-
-
 def test_quickstart_profile_is_valid_feature_settings() -> None:
     from carry_pipeline.defs.features.resources import FeatureSettings
 
