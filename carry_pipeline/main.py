@@ -220,7 +220,8 @@ def paper_session(defs: dg.Definitions, instance: dg.DagsterInstance, bars: int)
     )
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
-        why = failure.step_failure_data.error.message.strip() if failure else "see the run"
+        error = failure.step_failure_data.error if failure else None
+        why = error.message.strip() if error else f"see run {result.run_id}"
         return f"{note}: FAILED ({why.splitlines()[0][:300]})"
     return f"{note}: {result.output_for_node('paper_session')} bars, run {result.run_id}"
 

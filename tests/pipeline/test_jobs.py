@@ -116,4 +116,4 @@ def test_raw_assets_and_champion_declare_freshness() -> None:
         assert policy.fail_window.to_timedelta().total_seconds() == 49 * 3600
     champion = graph.get(dg.AssetKey(["reports", "champion_model"])).freshness_policy
     assert isinstance(champion, TimeWindowFreshnessPolicy)
-    assert champion.warn_window.to_timedelta().days == 7
+    assert champion.warn_window is not None and champion.warn_window.to_timedelta().days == 7
