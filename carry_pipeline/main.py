@@ -3,13 +3,18 @@
 1. `ingest_job` over the day x asset partitions of the window that the instance has not materialised
    yet (re-runs only add what is missing): one run per asset and contiguous missing range, from the
    seeded simulated exchange by default.
-2. `carry_pipeline_job` over everything ingested (features, folds, statistics, training windows,
-   then the experts and the meta-controller of every fold, `models`, demo profile; then the
-   `reports` stage: walk-forward backtests, stress tests, the report and the champion decision),
-   with the quick-start fold profile below so that a few months of data suffice (the defaults need
-   about a year).
-3. A summary from DuckDB, where the DuckDB file and the report are, the champion decision and the
-   out-of-sample metrics of the meta-controller against the baselines per fold.
+2. `retrain_job`, one run, over everything ingested, with the demo profile of `config/demo.yaml`
+   (the quick-start folds, so that a few months of data suffice; the defaults need about a year):
+   features, folds, statistics, training windows, the experts and the meta-controller of every
+   fold (`models`), then the `reports` stage (walk-forward backtests, stress tests, the report and
+   the champion decision). The seconds of each stage are read back from the run's event log.
+3. A paper session of a few simulated days: `champion_model_sensor` is evaluated against the
+   instance and its run request (`paper_trading_job` on the champion) is executed with a bar
+   limit; with no champion promoted, the session runs the funding-rule baseline instead, and says
+   so. A session that fails prints why; the run still ends with its summary.
+4. A summary from DuckDB, where the DuckDB file and the report are, the champion decision, the
+   out-of-sample metrics of the meta-controller against the baselines per fold, and the seconds
+   per stage.
 
 Every run is recorded in the Dagster instance (`DAGSTER_HOME`, `data/dagster_home` from the
 Makefile), so `make dev` shows them in the UI.
@@ -26,17 +31,25 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
+import yaml
 
 QUIET: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """Run config keeping Dagster's per-event log lines off the terminal (the instance keeps them)."""
 
-QUICKSTART_FEATURES: dict[str, Any] = {
-    "train_span": "30d",
-    "test_span": "10d",
-    "n_folds": 3,
-    "embargo": "1d",
-}
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
+"""Run config of the demo profile (`make run`; `dagster job execute ... -c config/demo.yaml`)."""
+
+
+def demo_run_config() -> dict[str, Any]:
+    """`config/demo.yaml`, with Dagster's console log kept to warnings."""
+    return {**yaml.safe_load(DEMO_CONFIG.read_text()), **QUIET}
+
+
+QUICKSTART_FEATURES: dict[str, Any] = demo_run_config()["resources"]["feature_settings"]["config"]
 """Fold profile of `make run`: 50 days of warm-up + 30 of train + 3 x (10 + 1) fit in 120 days."""
+
+PAPER_BARS = 288
+"""Bars of the closing paper session: three simulated days of 15-minute bars."""
 
 
 def missing_partitions(
@@ -162,67 +175,113 @@ def champion_line(result: dg.ExecuteInProcessResult) -> str:
     )
 
 
-REPORT_STEPS = frozenset(
-    {"walk_forward_backtest", "reports__stress_test_report", "reports__backtest_report",
-     "reports__champion_model"}
-)  # fmt: skip
+STAGES = ("features", "datasets", "models", "reports")
 
 
-def stage_seconds(instance: dg.DagsterInstance, run_id: str, steps: frozenset[str]) -> float:
-    """Wall time of `steps` in a run: from the first one's start to the last one's end."""
-    stamps = [
-        e.timestamp
-        for e in instance.all_logs(run_id)
-        if e.step_key in steps
-        and e.dagster_event is not None
-        and e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
-    ]
-    return max(stamps) - min(stamps) if stamps else 0.0
+def stage_of(step_key: str) -> str:
+    """The stage (group) of a `retrain_job` step: its key prefix (`models__meta_controller`);
+    `walk_forward_backtest`, a multi-asset with no prefix, is `reports`."""
+    prefix = step_key.split("__", 1)[0]
+    return prefix if prefix in STAGES else "reports"
+
+
+def stage_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    """Wall time per stage of a run: from its first step's start to its last step's end."""
+    spans: dict[str, list[float]] = {}
+    for e in instance.all_logs(run_id):
+        if e.step_key is None or e.dagster_event is None:
+            continue
+        if e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE"):
+            spans.setdefault(stage_of(e.step_key), []).append(e.timestamp)
+    return {s: max(spans[s]) - min(spans[s]) for s in STAGES if s in spans}
+
+
+def paper_session(defs: dg.Definitions, instance: dg.DagsterInstance, bars: int) -> str:
+    """Run the paper session `champion_model_sensor` requests for the current champion, limited
+    to `bars` bars; with no champion promoted, the funding-rule baseline. Returns a summary line."""
+    from carry_pipeline.defs.trading.jobs import paper_trading_job
+
+    repo = defs.get_repository_def()
+    sensor = repo.get_sensor_def("champion_model_sensor")
+    context = dg.build_sensor_context(instance=instance, repository_def=repo)
+    requests = sensor.evaluate_tick(context).run_requests or []
+    config = requests[0].run_config["ops"]["paper_session"]["config"] if requests else {}
+    if not requests or config.get("champion_id") == "none":
+        note = "no champion promoted yet: paper session of the funding-rule baseline"
+        config = {"session_id": "demo-funding-rule", "policy": "rule"}
+    else:
+        note = f"paper session of champion {config['champion_id']} (champion_model_sensor)"
+    # The job object itself, as its tests run it: the op's bar count is not a table, so the
+    # code location's DuckDB IO manager cannot store it.
+    result = paper_trading_job.execute_in_process(
+        instance=instance,
+        run_config={**QUIET, "ops": {"paper_session": {"config": {**config, "max_bars": bars}}}},
+        raise_on_error=False,
+    )
+    if not result.success:
+        failure = next((e for e in result.all_events if e.is_step_failure), None)
+        error = failure.step_failure_data.error if failure else None
+        why = error.message.strip() if error else f"see run {result.run_id}"
+        return f"{note}: FAILED ({why.splitlines()[0][:300]})"
+    return f"{note}: {result.output_for_node('paper_session')} bars, run {result.run_id}"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Ingest, build, summarise; print the reports' results."""
+    """Ingest, retrain, paper-trade, summarise; print each stage's seconds."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--start", type=date.fromisoformat, default=date(2024, 1, 1))
     parser.add_argument("--end", type=date.fromisoformat, default=date(2024, 4, 30))
     parser.add_argument("--assets", default="BTC,ETH", help="comma-separated base currencies")
+    parser.add_argument("--paper-bars", type=int, default=PAPER_BARS, help="paper session bars")
     args = parser.parse_args(argv)
     if "DAGSTER_HOME" not in os.environ:
         raise SystemExit("DAGSTER_HOME is not set: run `make run`, or export it (see the README)")
     os.environ.setdefault("CARRY_ASSETS", args.assets)
     os.environ.setdefault("CARRY_START_DATE", args.start.isoformat())
+    t0 = time.perf_counter()
     from carry_pipeline.definitions import defs
     from carry_pipeline.defs.reports.resources import ReportSettings
     from carry_pipeline.lib.duckdb_io import default_database
 
     assets = [a.strip() for a in args.assets.split(",") if a.strip()]
-    t0 = time.perf_counter()
+    seconds = {"load": time.perf_counter() - t0}
     with dg.DagsterInstance.get() as instance:
         print(
-            f"1/3 ingest {args.start}..{args.end} for {', '.join(assets)} (simulated exchange)",
+            f"1/4 ingest {args.start}..{args.end} for {', '.join(assets)} (simulated exchange)",
             flush=True,
         )
+        t = time.perf_counter()
         runs = ingest(defs, instance, args.start, args.end, assets)
-        print(f"    {runs} new partitions ingested", flush=True)
+        seconds["ingestion"] = time.perf_counter() - t
+        print(f"    {runs} new partitions ingested ({seconds['ingestion']:.0f} s)", flush=True)
         print(
-            "2/3 carry_pipeline_job: features, folds, normalisation stats, training windows, "
-            "models "
-            "(four experts + meta-controller per fold, demo profile: about 2 minutes)",
+            "2/4 retrain_job, one run (config/demo.yaml): features, folds, normalisation stats, "
+            "training windows, four experts + meta-controller per fold, backtests, stress, "
+            "report, champion",
             flush=True,
         )
-        job = defs.resolve_job_def("carry_pipeline_job")
-        config = {**QUIET, "resources": {"feature_settings": {"config": QUICKSTART_FEATURES}}}
-        result = job.execute_in_process(instance=instance, run_config=config, raise_on_error=True)
-        reports_s = stage_seconds(instance, result.run_id, REPORT_STEPS)
+        job = defs.resolve_job_def("retrain_job")
+        result = job.execute_in_process(
+            instance=instance, run_config=demo_run_config(), raise_on_error=True
+        )
+        stages = stage_seconds(instance, result.run_id)
+        seconds.update(stages)
+        print("    " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()), flush=True)
+        print(f"3/4 paper session, {args.paper_bars} bars", flush=True)
+        t = time.perf_counter()
+        paper = paper_session(defs, instance, args.paper_bars)
+        seconds["paper"] = time.perf_counter() - t
+        print(f"    {paper} ({seconds['paper']:.0f} s)", flush=True)
     db_path = default_database()
     settings = ReportSettings()  # the defaults the code location runs with
-    print("3/3 outputs", flush=True)
+    print("4/4 outputs", flush=True)
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         print(summarise(db_path))
         print("out of sample, each fold's test span (mean: over the folds):")
         print(fold_table(db_path))
     print(champion_line(result))
-    print(f"reports stage: {reports_s:.1f} s")
+    print(paper)
+    print("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     print(f"DuckDB file: {db_path}")
     print(f"report: {Path(settings.reports_root) / result.run_id / 'report.md'}")
     print(

@@ -6,17 +6,14 @@ import dagster as dg
 import pytest
 
 from carry_pipeline.definitions import defs
-from carry_pipeline.main import QUICKSTART_FEATURES, ingest, missing_partitions, missing_ranges
-
-
-def test_main_job_selects_every_stage_after_ingestion() -> None:
-    job = defs.resolve_job_def("carry_pipeline_job")
-    keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
-    assert {"features/market_bars", "features/carry_features", "datasets/training_windows"} <= keys
-    assert {"models/short_term_expert", "models/meta_controller"} <= keys
-    assert not any(
-        key.startswith("raw/") for key in keys
-    )  # raw partitions come from ingest_job runs
+from carry_pipeline.main import (
+    QUICKSTART_FEATURES,
+    demo_run_config,
+    ingest,
+    missing_partitions,
+    missing_ranges,
+    stage_of,
+)
 
 
 def test_quickstart_profile_is_valid_feature_settings() -> None:
@@ -24,6 +21,26 @@ def test_quickstart_profile_is_valid_feature_settings() -> None:
 
     settings = FeatureSettings(**QUICKSTART_FEATURES)
     assert settings.n_folds == 3
+
+
+@pytest.mark.parametrize(
+    ("step_key", "stage"),
+    [
+        ("features__carry_features", "features"),
+        ("datasets__training_windows", "datasets"),
+        ("models__meta_controller", "models"),
+        ("reports__champion_model", "reports"),
+        ("walk_forward_backtest", "reports"),  # the multi-asset's step has no key prefix
+    ],
+)
+def test_stage_of_a_retrain_step(step_key: str, stage: str) -> None:
+    assert stage_of(step_key) == stage
+
+
+def test_make_run_uses_the_demo_config_file_quietly() -> None:
+    config = demo_run_config()
+    assert config["loggers"]["console"]["config"]["log_level"] == "WARNING"
+    dg.validate_run_config(defs.resolve_job_def("retrain_job"), config)
 
 
 def test_ingest_runs_only_missing_partitions(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

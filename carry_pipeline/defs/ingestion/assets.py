@@ -59,6 +59,11 @@ KEPT_REASON = (
     "the exchange serves no order-book history (only a live snapshot of now): the snapshots "
     "order_book_snapshot_job collected for these partitions are kept as stored"
 )
+RAW_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=49), warn_window=timedelta(hours=25)
+)
+"""`ingest_schedule` lands a partition every day at 00:30 UTC: a raw table last written more
+than 25 h ago missed a tick (WARN in the UI), more than 49 h ago two (FAIL)."""
 MAX_REPORTED = 20
 """At most this many failing partition checks are listed in a refusal's error message."""
 
@@ -137,6 +142,7 @@ def _raw_asset(name: str, *, time_column: str, checks: dict[str, str]) -> Any:
         retry_policy=RETRY,
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"duckdb", "polars"},
+        freshness_policy=RAW_FRESHNESS,
     )
 
 

@@ -88,6 +88,11 @@ TABLES = {
 KEYS = {name: dg.AssetKey([SCHEMA, name]) for name in TABLES}
 METRICS_KEY = KEYS["backtest_metrics"]
 VALIDITY_CHECK = "backtest_evidence_valid"
+CHAMPION_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(days=14, hours=6), warn_window=timedelta(days=7, hours=6)
+)
+"""`weekly_retrain_schedule` re-decides the champion every Monday at 03:00 UTC (a kept champion is
+a materialisation too): older than a week and 6 h is one missed retrain (WARN), two weeks (FAIL)."""
 
 
 @contextmanager
@@ -361,6 +366,7 @@ def backtest_report(
     },
     deps=[backtest_report],
     kinds={"duckdb"},
+    freshness_policy=CHAMPION_FRESHNESS,
 )
 def champion_model(
     context: AssetExecutionContext,
