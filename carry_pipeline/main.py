@@ -211,9 +211,8 @@ def paper_session(defs: dg.Definitions, instance: dg.DagsterInstance, bars: int)
         config = {"session_id": "demo-funding-rule", "policy": "rule"}
     else:
         note = f"paper session of champion {config['champion_id']} (champion_model_sensor)"
-    # The job object itself, as its tests run it: the op's bar count is not a table, so the
-    # code location's DuckDB IO manager cannot store it.
-    result = paper_trading_job.execute_in_process(
+    # The code location's job, with its resources, as the daemon would launch it.
+    result = defs.resolve_job_def(paper_trading_job.name).execute_in_process(
         instance=instance,
         run_config={**QUIET, "ops": {"paper_session": {"config": {**config, "max_bars": bars}}}},
         raise_on_error=False,
@@ -223,7 +222,12 @@ def paper_session(defs: dg.Definitions, instance: dg.DagsterInstance, bars: int)
         error = failure.step_failure_data.error if failure else None
         why = error.message.strip() if error else f"see run {result.run_id}"
         return f"{note}: FAILED ({why.splitlines()[0][:300]})"
-    return f"{note}: {result.output_for_node('paper_session')} bars, run {result.run_id}"
+    [out] = [e for e in result.all_node_events if e.is_successful_output]
+    meta = {k: v.value for k, v in out.event_specific_data.metadata.items()}
+    return (
+        f"{note}: {meta['new_bars']} bars, equity {meta['equity']:,.2f}, P&L vs backtest "
+        f"{meta['pnl_gap']:+.2%}, run {result.run_id}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

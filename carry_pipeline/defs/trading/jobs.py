@@ -150,9 +150,14 @@ def _report_metadata(result: TrackingResult, folder: Path) -> dict[str, Any]:
     }
 
 
-@dg.op(description="Run one paper session into the ledger.")
-def paper_session(context: dg.OpExecutionContext, config: PaperTradingConfig) -> dg.Output[int]:
-    """Build feed, policy and books, run the session, log alerts, report the result."""
+@dg.op(description="Run one paper session into the ledger.", out=dg.Out(dg.Nothing))
+def paper_session(context: dg.OpExecutionContext, config: PaperTradingConfig) -> dg.Output[None]:
+    """Build feed, policy and books, run the session, log alerts, report the result.
+
+    The session's rows live in the ledger (`paper.*`); the op's output is `Nothing` with the
+    figures as metadata, so no IO manager is asked to store it (the code location's default, the
+    DuckDB one, stores tables only).
+    """
     if config.live_trading:
         check_live_allowed(config.live_trading)
     if config.feed != "simulated":
@@ -209,8 +214,9 @@ def paper_session(context: dg.OpExecutionContext, config: PaperTradingConfig) ->
         f"{tracking.tracking_error:.2%}/yr, figure {report['tracking_plot_path'].value}"
     )
     return dg.Output(
-        result.new_bars,
+        None,
         metadata={
+            "new_bars": result.new_bars,
             "last_bar": result.last_bar,
             "equity": result.equity,
             "ended": result.ended,

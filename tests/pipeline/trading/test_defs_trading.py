@@ -12,17 +12,25 @@ import pytest
 
 from carry_pipeline.defs.trading.jobs import champion_model_path, paper_trading_job
 from carry_pipeline.defs.trading.sensors import champion_model_sensor
+from carry_pipeline.lib.duckdb_io import CarryDuckDBIOManager
 from carry_pipeline.lib.trading.live import LiveTradingRefused, check_live_allowed
 
 
 def test_job_runs_a_simulated_paper_session(tmp_path: Path) -> None:
+    # Bound to the code location's default IO manager (DuckDB, tables only), as the sensor's runs
+    # are under the daemon: the op's output must not need storing.
     db = str(tmp_path / "carry.duckdb")
     config = {"session_id": "job", "database": db, "days": 12, "higher_timeframes": ["4h"],
               "risk": {"max_leverage": 5.0}}  # fmt: skip
-    result = paper_trading_job.execute_in_process(
+    defs = dg.Definitions(
+        jobs=[paper_trading_job], resources={"io_manager": CarryDuckDBIOManager(database=db)}
+    )
+    result = defs.resolve_job_def("paper_trading_job").execute_in_process(
         run_config={"ops": {"paper_session": {"config": config}}}
     )
-    assert result.success and result.output_for_node("paper_session") == 48
+    assert result.success
+    [event] = [e for e in result.all_node_events if e.is_successful_output]
+    assert event.event_specific_data.metadata["new_bars"].value == 48
     con = duckdb.connect(db, read_only=True)
     assert con.execute("select count(*) from paper.equity where session_id='job'").fetchone() == (
         48,
