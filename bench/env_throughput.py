@@ -2,9 +2,12 @@
 
 Prints steps/s of CartPole-v1 and of the single carry env with every mechanism on (both through
 `gym.make`, so both pay gymnasium's wrappers; the unwrapped figures too), env-steps/s of the batched
-env for B = 1, 64, 1024, 16384, and the ratios to the targets (single >= 1.0x CartPole; batched >=
+env for B = 1, 64, 1024, 16384 (and B = 1024 on one thread, a figure a loaded machine disturbs
+less than the two-thread one), and the ratios to the targets (single >= 1.0x CartPole; batched >=
 10M env-steps/s at B = 1024). Each figure is the best of three timed repeats, after a warm-up that
-also compiles the kernels.
+also compiles the kernels. It measures the `carry_env` of the checkout it sits in (not whichever one
+the virtual environment has installed), and prints the load average: the parallel figures need an
+idle machine.
 
     python bench/env_throughput.py [--seconds 1.0]
 """
@@ -13,18 +16,26 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
-import carry_env  # noqa: F401 - registers the env ids
-from carry_env import EnvConfig, MarketData
-from carry_env.synthetic import simulate_market
-from carry_env.vector import CarryTradeVectorEnv
+# `python bench/env_throughput.py` puts bench/ first on sys.path, so carry_env would otherwise come
+# from the editable install, which may be another checkout (a worktree measured main's kernel).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import carry_env  # noqa: E402 - registers the env ids
+from carry_env import EnvConfig, MarketData  # noqa: E402
+from carry_env.synthetic import simulate_market  # noqa: E402
+from carry_env.vector import CarryTradeVectorEnv  # noqa: E402
 
 BATCH_SIZES = (1, 64, 1024, 16384)
+SERIAL_CHECK = 1024
+"""Also measured on one thread (`parallel=False`)."""
 TARGET_BATCHED = 10_000_000.0
 
 
@@ -103,12 +114,17 @@ def main() -> None:
         f"{r_carry_raw / r_cart_raw:.2f}x"
     )
     batched_config = EnvConfig(random_start=True)  # envs spread over the year, as in training
-    for b in BATCH_SIZES:
-        venv = CarryTradeVectorEnv(market, batched_config, b)
+    runs = [(b, None) for b in BATCH_SIZES] + [(SERIAL_CHECK, False)]
+    for b, parallel in runs:
+        venv = CarryTradeVectorEnv(market, batched_config, b, parallel=parallel)
         actions = rng.uniform(-1, 1, (b, 1))
         batched_rate(venv, actions, 0.2)  # warm-up
         rate = best_of(lambda venv=venv, actions=actions: batched_rate(venv, actions, sec))
-        note = f"   {rate / TARGET_BATCHED:.2f}x the 10M target" if b == 1024 else ""
+        note = (
+            f"   {rate / TARGET_BATCHED:.2f}x the 10M target"
+            if b == 1024 and parallel is None
+            else ""
+        )
         mode = "parallel" if venv.engine._kernel is carry_env.kernel._step_parallel else "serial"
         print(
             f"{f'batched B={b} ({mode})':<38}{rate:>14,.0f} env-steps/s   "

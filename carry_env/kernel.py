@@ -32,6 +32,9 @@ from typing import Any
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from carry_env import anomalies as an
 from carry_env.config import (
@@ -103,6 +106,31 @@ def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     """
     jit = nb.njit(cache=True, error_model="numpy", _nrt=False, **options)  # type: ignore[call-overload]
     return jit  # type: ignore[no-any-return]
+
+
+@intrinsic
+def _prefetch(typingctx: Any, arr: Any, index: Any) -> Any:
+    # `prefetcht0` of the cache line holding arr[index] (`index`: a tuple of arr.ndim ints): a hint
+    # that reads nothing into the program and changes no value.
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        aryty, indty = sig.args
+        ary = context.make_array(aryty)(context, builder, args[0])
+        indices = cgutils.unpack_tuple(builder, args[1], count=len(indty))
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, indices, wraparound=False)
+        i32 = ir.IntType(32)
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # read, keep in every cache level, data cache
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return nb.types.void(arr, index), codegen
+
+
+PREFETCH_AHEAD = 8
+"""The batched step prefetches the market rows of the env this many places ahead (see
+`_prefetch_rows`)."""
 
 
 # ---- market tensor channels: mkt[T, N, M_*] (built by carry_env.derive) ----
@@ -1169,6 +1197,36 @@ def write_obs(
 
 
 @_jit(inline="always")
+def _prefetch_rows(
+    b: int, mkt: np.ndarray, tfeat: np.ndarray, feats: np.ndarray, is_: np.ndarray
+) -> None:
+    """Prefetch the market, time-feature and feature rows env b's next step reads (bars t, t + 1).
+
+    With random starts every env is on its own bar, so those rows are cold in cache; loaded on
+    demand, their misses stall each env's step in turn (about 70 % of the kernel's time at
+    B = 1,024 on a loaded machine). Requested `PREFETCH_AHEAD` envs early, they overlap the steps
+    in between. A hint only: no value read or written changes.
+    """
+    t = is_[b, I_T]
+    if t >= is_[b, I_END]:
+        return
+    nf = feats.shape[2]
+    for t_row in range(t, t + 2):
+        for i in range(mkt.shape[1]):
+            # One element per cache line of the row (26 float64 span at most 5 lines).
+            for c in range(0, N_MKT, 8):
+                _prefetch(mkt, (t_row, i, c))
+            _prefetch(mkt, (t_row, i, N_MKT - 1))
+            for c in range(0, nf, 8):
+                _prefetch(feats, (t_row, i, c))
+            if nf > 0:
+                _prefetch(feats, (t_row, i, nf - 1))
+    # tfeat rows are 4 float64 (32 bytes): the first and last entries cover their lines.
+    _prefetch(tfeat, (t + 1, 0))
+    _prefetch(tfeat, (t + 1, tfeat.shape[1] - 1))
+
+
+@_jit(inline="always")
 def _step_env(
     b: int,
     act: np.ndarray,
@@ -1218,7 +1276,10 @@ def _step_serial(
     flags: np.ndarray,
     legs: np.ndarray,
 ) -> None:
-    for j in range(envs.shape[0]):
+    n = envs.shape[0]
+    for j in range(n):
+        if j + PREFETCH_AHEAD < n:
+            _prefetch_rows(envs[j + PREFETCH_AHEAD], mkt, tfeat, feats, is_)
         _step_env(
             envs[j],
             act,
@@ -1260,7 +1321,10 @@ def _step_parallel(
     flags: np.ndarray,
     legs: np.ndarray,
 ) -> None:
-    for j in nb.prange(envs.shape[0]):
+    n = envs.shape[0]
+    for j in nb.prange(n):
+        if j + PREFETCH_AHEAD < n:
+            _prefetch_rows(envs[j + PREFETCH_AHEAD], mkt, tfeat, feats, is_)
         _step_env(
             envs[j],
             act,

@@ -95,3 +95,32 @@ def test_sb3_adapter_reports_terminal_observations() -> None:
         assert info["terminal_observation"].shape == obs.shape[1:]
     assert vec.get_attr("render_mode") == [None, None, None]
     assert vec.env_is_wrapped(gym.Wrapper) == [False, False, False]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_batch_past_the_prefetch_distance_equals_single_envs(
+    stress_config: EnvConfig, parallel: bool
+) -> None:
+    # The step prefetches the market rows of the env PREFETCH_AHEAD places on: a batch several
+    # times longer than that, on random bars, must still equal its single envs exactly.
+    from carry_env.kernel import PREFETCH_AHEAD
+
+    cfg = dataclasses.replace(stress_config, random_start=True, episode_length=40)
+    b = 3 * PREFETCH_AHEAD + 1
+    venv = CarryTradeVectorEnv(MARKET, cfg, b, parallel=parallel)
+    singles = [CarryTradeEnv(MARKET, cfg) for _ in range(b)]
+    obs, _ = venv.reset(seed=300)
+    for i, env in enumerate(singles):
+        np.testing.assert_array_equal(obs[i], env.reset(seed=300 + i)[0])
+    rng = np.random.default_rng(1)
+    for _ in range(90):
+        actions = rng.uniform(-1, 1, (b, 2))
+        obs, rew, term, trunc, infos = venv.step(actions)
+        for i, env in enumerate(singles):
+            o, r, te, tr, info = env.step(actions[i])
+            assert (r, te, tr) == (rew[i], term[i], trunc[i])
+            if te or tr:
+                o, _ = env.reset()
+            else:
+                assert infos["equity"][i] == info["equity"]
+            np.testing.assert_array_equal(obs[i], o)

@@ -8,7 +8,8 @@ Point in time:
 - a raw bar that opens at `o` is known at `o + raw bar`; the aligned bar closing at `ts` aggregates
   the raw bars that close at or before `ts`;
 - a funding rate settled at `funding_time` lands on the first bar that closes at or after it (a
-  settlement at 08:00:00 lands on the bar closing at 08:00, one at 08:00:01 on the next).
+  settlement at 08:00:00 lands on the bar closing at 08:00, one at 08:00:01 on the next), and so
+  does the mark price published with it (`raw_funding_rates.mark_price`).
   `funding_time` is floored to the second first, as the raw schema promises (Binance stamps
   settlements with up to ~30 ms of jitter);
 - an order-book snapshot at `s` is used by the bars closing at or after `s`, for at most
@@ -123,6 +124,8 @@ def build_market_bars(
         same grid: `spot_open..spot_close`, `spot_volume`, `perp_open..perp_close`, `perp_volume`,
         `spot_price`, `perp_price`, `funding_rate` (null where no settlement falls in the bar),
         `funding_interval_hours` (hours of funding the last settled rate covers, carried forward),
+        `mark_price` (the venue's mark at the bar's settlement; null where no settlement falls in
+        the bar or the venue publishes no mark, never filled),
         `spot_depth_usd`, `perp_depth_usd`, `spot_spread_bps`, `perp_spread_bps`, `spread_bps` (mean
         of the legs), `spot_stale`, `perp_stale`, `stale`, `book_proxy`.
 
@@ -165,6 +168,7 @@ MARKET_BAR_COLUMNS = [
     "perp_price",
     "funding_rate",
     "funding_interval_hours",
+    "mark_price",
     "spot_depth_usd",
     "perp_depth_usd",
     "spot_spread_bps",
@@ -380,6 +384,10 @@ def _attach_funding(frame: pl.DataFrame, funding: pl.DataFrame, bar: timedelta) 
             pl.when(pl.col("interval_hours").null_count() == 0)
             .then(pl.col("interval_hours").sum())
             .alias("funding_interval_hours"),
+            # The venue's mark at the settlement (null where it publishes none), stamped like the
+            # rate: known at the settlement, so at the close of the bar it lands on. With several
+            # settlements in one bar, the last one's.
+            pl.col("mark_price").last(),
         )
     )
     frame = frame.join(events, on=["symbol", "ts"], how="left", maintain_order="left")

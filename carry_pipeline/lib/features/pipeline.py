@@ -79,6 +79,10 @@ def build_market_frame(
     """The env's market frame: `market_bars` with the `sentiment` level and every `f_` feature.
 
     Hand the result to `carry_env` as it is (`MarketData.from_frame`, or the env's market data).
+    It carries the env's optional price detail (`carry_env.market.PRICE_DETAIL_COLUMNS`):
+    `perp_high` / `perp_low` from the perp's bar (null on forward-filled, stale perp bars, whose
+    range is unknown) and `mark_price` from the settlements (null between them and where the venue
+    published none; a `market_bars` table written before it had the column gets an all-null one).
 
     Args:
         bars: `market_bars`.
@@ -103,7 +107,18 @@ def build_market_frame(
     if drop_warmup:
         start, _ = usable_span(features)
         frame = frame.filter(pl.col("ts") >= start)
-    return frame.drop("warmup")
+    return _with_price_detail(frame.drop("warmup"))
+
+
+def _with_price_detail(frame: pl.DataFrame) -> pl.DataFrame:
+    # A filled gap bar repeats the previous close as its high and low: that is no observed range, so
+    # the env must not read it as one (it checks margin at the close there instead).
+    if "mark_price" not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("mark_price"))
+    unknown = pl.col("perp_stale")
+    return frame.with_columns(
+        pl.when(unknown).then(None).otherwise(pl.col(c)).alias(c) for c in ("perp_high", "perp_low")
+    )
 
 
 def usable_span(features: pl.DataFrame) -> tuple[datetime, datetime]:
