@@ -108,10 +108,9 @@ def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     return jit  # type: ignore[no-any-return]
 
 
-@intrinsic
-def _prefetch(typingctx: Any, arr: Any, index: Any) -> Any:
-    # `prefetcht0` of the cache line holding arr[index] (`index`: a tuple of arr.ndim ints): a hint
-    # that reads nothing into the program and changes no value.
+def _prefetch_typer(typingctx: Any, arr: Any, index: Any) -> Any:
+    # Typing and code of `_prefetch`: `prefetcht0` of the cache line holding arr[index] (`index`: a
+    # tuple of arr.ndim ints), a hint that reads nothing into the program and changes no value.
     def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
         aryty, indty = sig.args
         ary = context.make_array(aryty)(context, builder, args[0])
@@ -126,6 +125,10 @@ def _prefetch(typingctx: Any, arr: Any, index: Any) -> Any:
         return context.get_dummy_value()
 
     return nb.types.void(arr, index), codegen
+
+
+_prefetch: Callable[[np.ndarray, tuple[int, ...]], None] = intrinsic(_prefetch_typer)  # type: ignore[assignment]
+"""Prefetch the cache line of `arr[index]` (inside jitted code only)."""
 
 
 PREFETCH_AHEAD = 8
