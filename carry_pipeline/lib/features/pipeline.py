@@ -115,9 +115,13 @@ def _with_price_detail(frame: pl.DataFrame) -> pl.DataFrame:
     # the env must not read it as one (it checks margin at the close there instead).
     if "mark_price" not in frame.columns:
         frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("mark_price"))
+    # Frames without the range or the stale flag (hand-built ones) pass as they are.
+    ranged = [c for c in ("perp_high", "perp_low") if c in frame.columns]
+    if not ranged or "perp_stale" not in frame.columns:
+        return frame
     unknown = pl.col("perp_stale")
     return frame.with_columns(
-        pl.when(unknown).then(None).otherwise(pl.col(c)).alias(c) for c in ("perp_high", "perp_low")
+        pl.when(unknown).then(None).otherwise(pl.col(c)).alias(c) for c in ranged
     )
 
 

@@ -110,7 +110,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="env_api-sb3-masks-whole-batch-per-env",
-        path=VECTOR,
+        path="carry_env/sb3.py",
         old="            return [rows[i] for i in self._get_indices(indices)]\n",
         new="            return [rows for _ in self._get_indices(indices)]\n",
         tests=(f"{DISCRETE_TESTS}::test_batched_masks_reach_sb3_one_row_per_env",),
