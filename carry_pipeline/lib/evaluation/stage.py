@@ -21,13 +21,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import polars as pl
-import torch
 
 from carry_env import EnvConfig
 from carry_env.env import CarryTradeEnv
@@ -54,23 +52,11 @@ from carry_pipeline.lib.evaluation.walk_forward import (
     walk_forward,
 )
 from carry_pipeline.lib.training.observation import WindowSet
+from carry_pipeline.lib.training.policy import pinned_threads
 
 INFERENCE_THREADS = 1
-"""Torch CPU threads while models decide bar by bar: one decision is a handful of small matrix
-products, which a second thread cannot speed up but which slow down many times over when torch's
-threads compete with other processes for the cores (measured on a loaded 2-core machine: 1.4 ms a
-decision with one thread, several times that with torch's default)."""
-
-
-@contextmanager
-def inference_threads(n: int = INFERENCE_THREADS) -> Iterator[None]:
-    """Pin torch to `n` CPU threads for the block, then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+"""Torch CPU threads while models decide bar by bar (`pinned_threads`): measured on a loaded 2-core
+machine, 1.4 ms a decision with one thread, several times that with torch's default."""
 
 
 EXPERTS = ("anomaly", "short_term", "long_term", "sentiment")
@@ -179,7 +165,7 @@ def run_walk_forward(
     per_fold = {
         s.fold: fold_policies(s.fold, paths, fold_windows(training_windows, s.fold)) for s in spans
     }
-    with inference_threads():
+    with pinned_threads(INFERENCE_THREADS):
         ev = walk_forward(env, spans, {f: p.policies for f, p in per_fold.items()}, seed=seed)
     weights = [p.meta.weights_frame() for p in per_fold.values() if p.meta is not None]
     return WalkForwardRun(
@@ -251,7 +237,7 @@ def run_stress_report(
 
     named, exposure = policies(True)
     skipped: list[str] = []
-    with inference_threads():
+    with pinned_threads(INFERENCE_THREADS):
         scenarios = injected_scenarios(base, start)
         parts = [run_stress(named, scenarios, cfg, seed=seed, exposure=exposure)]
         if crises:

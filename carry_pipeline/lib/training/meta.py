@@ -61,7 +61,12 @@ from carry_pipeline.lib.training.observation import (
     base_vector_env,
     current_bars,
 )
-from carry_pipeline.lib.training.policy import ExpertPolicy, eval_predict, load_expert
+from carry_pipeline.lib.training.policy import (
+    ExpertPolicy,
+    eval_predict,
+    load_expert,
+    pinned_threads,
+)
 from carry_pipeline.lib.training.rollout import RolloutMetrics, _accumulate, _fixed_span
 from carry_pipeline.lib.training.specs import PROFILES
 from carry_pipeline.lib.training.train import (
@@ -530,9 +535,7 @@ def train_meta_controller(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policies = {name: load_expert(path, device=device) for name, path in experts.items()}
     risk = load_expert(anomaly, device=device) if anomaly is not None else None
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(spec.threads)
-    try:
+    with pinned_threads(spec.threads):
         started = time.perf_counter()
         vec = VecMonitor(make_meta_env(fit, windows, policies, spec, config, spec.n_envs, risk))
         vec.seed(spec.seed)
@@ -569,8 +572,6 @@ def train_meta_controller(
             anomaly=risk,
             seed=spec.seed,
         )
-    finally:
-        torch.set_num_threads(previous_threads)
     target = Path(models_root) / spec.name / fold.name
     record = TrainingRecord(
         expert=spec.name,

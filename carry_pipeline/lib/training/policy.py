@@ -8,6 +8,8 @@ Dict observation in (as `observation.ExpertVecEnv` builds it), action out, recur
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,22 @@ class PolicyOutput:
     choices."""
     state: Any
     """Recurrent state to pass back with the next observation (None for feed-forward experts)."""
+
+
+@contextmanager
+def pinned_threads(n: int) -> Iterator[None]:
+    """Pin torch to `n` CPU threads for the block, then restore the previous count.
+
+    Training pins the count it records with the seed (1 vs 2 threads give different weights);
+    inference pins one, since a bar-by-bar decision is a few small matrix products that a second
+    thread cannot speed up but competing threads slow down many times over.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def eval_predict(model: BaseAlgorithm, obs: Any, deterministic: bool = True) -> np.ndarray:

@@ -36,7 +36,7 @@ from carry_env.config import EnvConfig
 from carry_env.market import MarketData
 from carry_pipeline.lib.training.extractors import EXTRACTORS
 from carry_pipeline.lib.training.observation import WindowSet, make_expert_env, window_index
-from carry_pipeline.lib.training.policy import ALGORITHM_CLASSES, ExpertPolicy
+from carry_pipeline.lib.training.policy import ALGORITHM_CLASSES, ExpertPolicy, pinned_threads
 from carry_pipeline.lib.training.rollout import rollout
 from carry_pipeline.lib.training.specs import ExpertSpec
 
@@ -188,9 +188,7 @@ def train_expert(
     config = spec.env_config(base_config)
     fit = market.window(_dt(market.ts[first]), _dt(market.ts[split - 1]))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(spec.threads)
-    try:
+    with pinned_threads(spec.threads):
         started = time.perf_counter()
         model, progress = _learn(spec, fit, windows, config, total, device, log, tensorboard_dir)
         wall = time.perf_counter() - started
@@ -207,8 +205,6 @@ def train_expert(
             discrete=spec.algorithm == "MaskablePPO",
             seed=spec.seed,
         )
-    finally:
-        torch.set_num_threads(previous_threads)
     target = Path(models_root) / spec.name / fold.name
     record = TrainingRecord(
         expert=spec.name,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from carry_pipeline.lib.training.policy import eval_predict, load_expert
+from carry_pipeline.lib.training.policy import eval_predict, load_expert, pinned_threads
 from carry_pipeline.lib.training.specs import LONG_TERM_RECURRENT, ExpertSpec, expert_spec
 from carry_pipeline.lib.training.train import data_sha256, train_expert
 
@@ -202,3 +202,13 @@ def test_eval_predict_equals_sb3_predict(inputs, tmp_path) -> None:
         np.testing.assert_array_equal(sampled, model.predict(obs, deterministic=False)[0])
     assert eval_predict(model, batch).shape == (5, 2)
     assert np.abs(eval_predict(model, batch)).max() <= 1.0  # clipped to the action space
+
+
+def test_pinned_threads_restores_the_count_even_when_the_block_fails() -> None:
+    before = torch.get_num_threads()
+    with pinned_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), pinned_threads(2):
+        raise RuntimeError("training failed")
+    assert torch.get_num_threads() == before
