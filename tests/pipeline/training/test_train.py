@@ -212,3 +212,20 @@ def test_pinned_threads_restores_the_count_even_when_the_block_fails() -> None:
     with pytest.raises(RuntimeError), pinned_threads(2):
         raise RuntimeError("training failed")
     assert torch.get_num_threads() == before
+
+
+def test_tensorboard_logs_are_written_when_enabled(inputs, tmp_path) -> None:
+    # `model_settings.tensorboard` passes a folder here; SB3 fails at `learn` when the tensorboard
+    # package is missing, so this also guards the dependency.
+    spec = expert_spec("short_term", **TINY)
+    logs = tmp_path / "tb"
+    _train(spec, inputs, tmp_path / "m", tensorboard_dir=logs)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = [d for d in logs.iterdir() if d.is_dir()]
+    assert runs, f"no TensorBoard run folder under {logs}"
+    accumulator = EventAccumulator(str(runs[0]))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"rollout/ep_rew_mean", "train/loss", "time/fps"} <= tags, tags
+    assert len(accumulator.Scalars("train/loss")) >= 1
