@@ -30,7 +30,7 @@ def pack_state(state: Any) -> bytes:
     skeleton = _encode(state, arrays, "state")
     buffer = io.BytesIO()
     arrays[_SKELETON] = np.frombuffer(json.dumps(skeleton).encode(), np.uint8)
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)
     return buffer.getvalue()
 
 
