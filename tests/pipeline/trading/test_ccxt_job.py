@@ -87,6 +87,7 @@ def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
         return con.execute(sql).fetchall()
 
 
+@pytest.mark.slow
 def test_job_paper_session_on_the_ccxt_feed(
     tmp_path: Path, stub: TradingStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,6 +189,7 @@ def test_ccxt_feed_refuses_history_from_another_venue(tmp_path: Path, stub: Trad
 KEY, SECRET = "LIVEKEY-3b9d0e1f", "LIVESECRET-a7c2"
 
 
+@pytest.mark.slow
 def test_live_executor_sends_the_decided_orders_and_books_failures(
     tmp_path: Path,
     stub: TradingStub,
