@@ -1,13 +1,17 @@
 """`paper_trading_job`: one paper session, simulated (default) or on a ccxt public feed, and its
 report against the backtest of the same bars.
 
-The op resolves the policy, builds the feed, checks the live-trading guard when asked for live
-trading, runs `run_paper_session` into the ledger (`paper` schema of the DuckDB file) with
-`SessionMetrics` on the bar hook, logs every alert, then backtests the same policy over the
-session's bars (`lib/trading/tracking.py`), writes a `policy_divergence` alert when the actions
-differ beyond `divergence_threshold`, saves the tracking figure under `report_dir` and returns the
-session's result with the tracking figures and the plot as the output's metadata (the
-`paper_trading_report`: metadata, not an asset, because a report belongs to one session run).
+The op resolves the policy, builds the feed (`feed.kind`: `simulated`, the seeded exchange
+replayed; `ccxt`, `lib/trading/feeds.ccxt_feed` polling a venue's public endpoints at the bar
+interval, warmed up from the DuckDB raw history, on the `paper_clock` resource's clock), checks
+the live-trading guard when asked for live trading (and then fills with the live
+`CcxtOrderExecutor` instead of the paper `BookExecutor`), runs `run_paper_session` into the
+ledger (`paper` schema of the DuckDB file) with `SessionMetrics` on the bar hook, logs every
+alert, then backtests the same policy over the session's bars (`lib/trading/tracking.py`),
+writes a `policy_divergence` alert when the actions differ beyond `divergence_threshold`, saves
+the tracking figure under `report_dir` and returns the session's result with the tracking
+figures and the plot as the output's metadata (the `paper_trading_report`: metadata, not an
+asset, because a report belongs to one session run).
 Policies: `rule` (the funding-sign rule, `FundingRulePolicy`), `champion` (the last row of
 `models.champion`) or a saved meta-controller folder; both of the latter run through
 `lib/trading/champion.py` on paper windows built for the feed's bars.
@@ -16,7 +20,7 @@ Policies: `rule` (the funding-sign rule, `FundingRulePolicy`), `champion` (the l
 import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import numpy as np
@@ -25,6 +29,8 @@ from pydantic import Field
 from carry_env.config import EnvConfig
 from carry_env.env import CarryTradeEnv
 from carry_pipeline.lib.duckdb_io import default_database
+from carry_pipeline.lib.exchanges.base import PermanentExchangeError
+from carry_pipeline.lib.features.bars import MarketBarsConfig
 from carry_pipeline.lib.features.carry import CarryFeaturesConfig
 from carry_pipeline.lib.trading.books import SimulatedExchangeBooks
 from carry_pipeline.lib.trading.champion import (
@@ -35,9 +41,15 @@ from carry_pipeline.lib.trading.champion import (
     model_folder_source,
     window_settings,
 )
-from carry_pipeline.lib.trading.feeds import simulated_feed
+from carry_pipeline.lib.trading.executor import TakerFees
+from carry_pipeline.lib.trading.feeds import WallClock, ccxt_feed, simulated_feed
 from carry_pipeline.lib.trading.ledger import Ledger
-from carry_pipeline.lib.trading.live import check_live_allowed
+from carry_pipeline.lib.trading.live import (
+    CcxtOrderExecutor,
+    Credentials,
+    check_live_allowed,
+    live_order_client,
+)
 from carry_pipeline.lib.trading.monitoring import SessionMetrics
 from carry_pipeline.lib.trading.risk import RiskConfig
 from carry_pipeline.lib.trading.session import SessionSpec, run_paper_session
@@ -63,14 +75,49 @@ class FundingRulePolicy:
         return np.where(observation[self.idx] > 0.0, 0.5, 0.0).astype(np.float32), state
 
 
+class FeedConfig(dg.Config):
+    """Where the session's bars come from."""
+
+    kind: Literal["simulated", "ccxt"] = Field(
+        default="simulated",
+        description="simulated: the seeded exchange replayed (offline); ccxt: a venue's public "
+        "endpoints, polled at the bar interval, warmed up from the DuckDB raw history.",
+    )
+    bar: str = Field(default="1h", description="Bar interval of the env (market_bars' bar).")
+    raw_timeframe: str | None = Field(
+        default=None,
+        description="ccxt: kline size fetched and stored in raw_*_ohlcv (default the bar).",
+    )
+    spot_exchange: str = Field(default="binance", description="ccxt: spot exchange id.")
+    perp_exchange: str = Field(default="binanceusdm", description="ccxt: perp exchange id.")
+    api_url: str | None = Field(
+        default=None, description="ccxt: replaces scheme://host of every endpoint (proxy, stub)."
+    )
+    timeout_ms: int = Field(default=10_000, gt=0, description="ccxt: per-request timeout.")
+    max_retries: int = Field(default=5, ge=0, description="ccxt: retries per request.")
+    settle_s: float = Field(
+        default=2.0, ge=0, description="ccxt: seconds after a bar's close before it is fetched."
+    )
+    max_wait_bars: int = Field(
+        default=3, ge=1, description="ccxt: bars without a new bar before the bar is a fault."
+    )
+    seconds_per_bar: float = Field(
+        default=0.0, ge=0, description="simulated: wall seconds per bar (0: as fast as possible)."
+    )
+
+
 class PaperTradingConfig(dg.Config):
     """What `paper_trading_job` runs."""
 
     session_id: str = Field(description="Ledger key; rerunning the same id resumes the session.")
     policy: str = Field(default="rule", description="rule | champion | a saved model folder.")
-    feed: str = Field(default="simulated", description="simulated | ccxt.")
+    feed: FeedConfig = Field(default_factory=FeedConfig, description="The market feed.")
     bases: list[str] = Field(default=["BTC", "ETH"], description="Assets.")
-    start: str = Field(default="2024-01-01", description="simulated: first raw day (UTC).")
+    start: str = Field(
+        default="2024-01-01",
+        description="First raw day (UTC): simulated, of the replay; ccxt, of the DuckDB history "
+        "that warms the features up (keep it fixed for a session: it anchors the bar indices).",
+    )
     days: int = Field(default=75, description="simulated: days of raw data (about 60 warm-up).")
     higher_timeframes: list[str] = Field(
         default=["4h", "1d"], description="carry_features higher timeframes (as the pipeline)."
@@ -150,7 +197,96 @@ def _report_metadata(result: TrackingResult, folder: Path) -> dict[str, Any]:
     }
 
 
-@dg.op(description="Run one paper session into the ledger.", out=dg.Out(dg.Nothing))
+def _feed(
+    config: PaperTradingConfig, source: ChampionSource | None, database: str, clock: Any
+) -> tuple[Any, Any]:
+    # The session's feed and the books its executor walks.
+    start = datetime.fromisoformat(config.start).replace(tzinfo=UTC)
+    carry = CarryFeaturesConfig(higher_timeframes=tuple(config.higher_timeframes))
+    f = config.feed
+    if f.kind == "simulated":
+        feed, snapshots = simulated_feed(
+            tuple(config.bases),
+            start,
+            start + timedelta(days=config.days),
+            timeframe=f.bar,
+            seed=config.seed,
+            seconds_per_bar=f.seconds_per_bar,
+            carry=carry,
+            sentiment=_needs_sentiment(source, database),
+        )
+        return feed, SimulatedExchangeBooks(snapshots, feed.now)
+    if source is not None:
+        # The champion's windows are built once over the bars known at the start; the live
+        # feed's market grows bar by bar past them.
+        raise dg.Failure(
+            description=f"policy {config.policy!r} on the ccxt feed: the champion's paper "
+            "windows are built over the bars known at the start and do not grow with a live "
+            "feed yet; run the ccxt feed with policy: rule",
+            allow_retries=False,
+        )
+    try:
+        return ccxt_feed(
+            database,
+            tuple(config.bases),
+            clock,
+            history_start=start,
+            bars=MarketBarsConfig(bar=f.bar),
+            carry=carry,
+            raw_timeframe=f.raw_timeframe,
+            spot_exchange=f.spot_exchange,
+            perp_exchange=f.perp_exchange,
+            api_url=f.api_url,
+            timeout_ms=f.timeout_ms,
+            max_retries=f.max_retries,
+            settle_s=f.settle_s,
+            max_wait_bars=f.max_wait_bars,
+        )
+    except (ValueError, PermanentExchangeError) as exc:
+        raise dg.Failure(description=f"ccxt feed: {exc}", allow_retries=False) from exc
+
+
+def _live_executor(
+    config: PaperTradingConfig, feed: Any, books: Any, env_config: EnvConfig
+) -> CcxtOrderExecutor | None:
+    # The live order executor, only with live_trading AND CARRY_LIVE_TRADING=I_UNDERSTAND (the
+    # guard), on the ccxt feed, with keys read from their environment variables.
+    if not config.live_trading:
+        return None
+    check_live_allowed(config.live_trading)
+    if config.feed.kind != "ccxt":
+        raise dg.Failure(
+            description="live_trading needs feed.kind: ccxt (real orders against the venue's "
+            "live prices, not the simulated exchange's)",
+            allow_retries=False,
+        )
+    key, secret = dg.EnvVar("CARRY_API_KEY"), dg.EnvVar("CARRY_API_SECRET")
+    keys = Credentials(key.get_value() or "", secret.get_value() or "")
+    venue = live_order_client(
+        enabled=config.live_trading,
+        credentials=keys,
+        spot_exchange=config.feed.spot_exchange,
+        perp_exchange=config.feed.perp_exchange,
+        api_url=config.feed.api_url,
+        timeout_ms=config.feed.timeout_ms,
+    )
+    fees = TakerFees.from_env_config(env_config)
+    return CcxtOrderExecutor(feed.market.symbols, venue, books, fees)
+
+
+def _start_bar(ledger: Ledger, session_id: str, feed: Any) -> int:
+    # A live feed's session starts at the last closed bar; a resumed one where it started.
+    if not getattr(feed, "live", False):
+        return 0
+    stored = ledger.session_start(session_id)
+    return int(feed.market.n_bars - 1) if stored is None else stored
+
+
+@dg.op(
+    description="Run one paper session into the ledger.",
+    out=dg.Out(dg.Nothing),
+    required_resource_keys={"paper_clock"},
+)
 def paper_session(context: dg.OpExecutionContext, config: PaperTradingConfig) -> dg.Output[None]:
     """Build feed, policy and books, run the session, log alerts, report the result.
 
@@ -159,39 +295,34 @@ def paper_session(context: dg.OpExecutionContext, config: PaperTradingConfig) ->
     DuckDB one, stores tables only).
     """
     if config.live_trading:
-        check_live_allowed(config.live_trading)
-    if config.feed != "simulated":
-        raise dg.Failure(
-            description=f"feed {config.feed!r}: this job runs the simulated feed; the ccxt feed "
-            "(lib/trading/feeds.ExchangeFeed) is not wired into the job yet",
-            allow_retries=False,
-        )
+        check_live_allowed(config.live_trading)  # before any data is fetched
     database = config.database or default_database()
-    start = datetime.fromisoformat(config.start).replace(tzinfo=UTC)
     source = _champion(config, database)
-    feed, snapshots = simulated_feed(
-        tuple(config.bases),
-        start,
-        start + timedelta(days=config.days),
-        seed=config.seed,
-        carry=CarryFeaturesConfig(higher_timeframes=tuple(config.higher_timeframes)),
-        sentiment=_needs_sentiment(source, database),
-    )
+    feed, books = _feed(config, source, database, context.resources.paper_clock)
     env_config = EnvConfig()
     env = CarryTradeEnv(feed.market, env_config)
     policy = _policy(source, env, database)
+    live = _live_executor(config, feed, books, env_config)
     metrics = SessionMetrics(
         config.session_id, env_config.initial_cash, lambda k, m: context.log.warning(f"{k}: {m}")
     )
-    spec = SessionSpec(config.session_id, env_config, RiskConfig(**config.risk))
     ledger = Ledger(database)
     try:
+        start_bar = _start_bar(ledger, config.session_id, feed)
+        spec = SessionSpec(
+            config.session_id,
+            env_config,
+            RiskConfig(**config.risk),  # type: ignore[arg-type]  # RiskConfig names its bad field
+            start=start_bar,
+            live=live is not None,
+        )
         result = run_paper_session(
             spec=spec,
             feed=feed,
             policy=policy,
-            books=SimulatedExchangeBooks(snapshots, feed.now),
+            books=books,
             ledger=ledger,
+            executor=live,
             max_bars=config.max_bars,
             on_bar=metrics.observe,
         )
@@ -225,7 +356,10 @@ def paper_session(context: dg.OpExecutionContext, config: PaperTradingConfig) ->
     )
 
 
-@dg.job(description="One paper session (simulated feed by default); never a real order.")
+@dg.job(
+    description="One paper session (simulated feed by default); never a real order.",
+    resource_defs={"paper_clock": dg.ResourceDefinition.hardcoded_resource(WallClock())},
+)
 def paper_trading_job() -> None:
     """The paper session op."""
     paper_session()

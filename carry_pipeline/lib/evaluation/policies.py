@@ -151,6 +151,16 @@ class ExpertBacktestPolicy:
         action = map_actions(self.expert.spec.output, out.action, raw, self._env.observation_names)
         return np.asarray(action, dtype=np.float64)[0], state
 
+    def get_state(self) -> dict[str, Any]:
+        """What `predict` carries between bars: the expert's recurrent state (None for a
+        feed-forward expert) and its last output."""
+        return {"state": self._state, "last_output": self.last_output.copy()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a `get_state()` (after `reset(env)`), e.g. when a paper session resumes."""
+        self._state = state["state"]
+        self.last_output = np.asarray(state["last_output"], dtype=np.float64)
+
 
 class MetaBacktestPolicy:
     """A trained meta-controller and its frozen experts on one `CarryTradeEnv` (module docstring).
@@ -252,6 +262,34 @@ class MetaBacktestPolicy:
         self._weights.append(core.weights[0].copy())
         self._exposure.append(float(np.mean(core.multiplier[0])))
         return np.asarray(action, dtype=np.float64)[0], state
+
+    def get_state(self) -> dict[str, Any]:
+        """What `predict` carries between bars: the meta core's state (`MetaCore.get_state`: the
+        experts' LSTM states, running statistics, usage) and the last decision's bar. The
+        per-decision history behind `weights_frame()` is not part of it.
+
+        Raises:
+            RuntimeError: `reset(env)` was not called.
+        """
+        if self._core is None:
+            raise RuntimeError("MetaBacktestPolicy.reset(env) must be called first")
+        return {"core": self._core.get_state(), "prev_bar": self._prev_bar}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a `get_state()` after `reset(env)` (a paper session resuming).
+
+        Raises:
+            RuntimeError: `reset(env)` was not called.
+            ValueError: the state does not fit this meta-controller (named).
+        """
+        if self._core is None:
+            raise RuntimeError("MetaBacktestPolicy.reset(env) must be called first")
+        try:
+            self._core.set_state(state["core"])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{self.where}: cannot restore its state: {exc}") from exc
+        prev = state["prev_bar"]
+        self._prev_bar = None if prev is None else int(prev)
 
     def last_decision(self) -> dict[str, Any]:
         """The last `predict`'s per-expert suggestions (`expert_outputs`, per asset, plus the

@@ -246,6 +246,17 @@ class ChampionPolicy:
         """The meta-controller's action at the env's current bar."""
         return self.meta.predict(observation, state, episode_start, deterministic)
 
+    def get_state(self) -> dict[str, Any]:
+        """The meta-controller's state between bars (`MetaBacktestPolicy.get_state`)."""
+        return self.meta.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a `get_state()` on resume (`MetaBacktestPolicy.set_state`)."""
+        try:
+            self.meta.set_state(state)
+        except ValueError as exc:
+            raise ChampionError(f"champion {self.source.champion_id}: {exc}") from exc
+
     def explain(self, observation: np.ndarray) -> dict[str, Any]:
         """The last decision's expert outputs (and the anomaly multiplier) and gating weights."""
         return self.meta.last_decision()

@@ -21,8 +21,8 @@ partly; the remainder is unfilled and reported in `last_legs`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -106,6 +106,39 @@ class LegFill:
         return self.requested_qty - self.filled_qty
 
 
+@dataclass(frozen=True)
+class OrderError:
+    """An order the venue rejected or that failed on the network; nothing of it is booked.
+
+    Attributes:
+        symbol: the asset's symbol.
+        leg: "spot" or "perp".
+        qty: signed coins that were to be sent.
+        reason: what happened, for a person (the error class and the venue's message).
+        figures: the numbers behind it (amount sent, client order id, error class).
+    """
+
+    symbol: str
+    leg: Leg
+    qty: float
+    reason: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class LegExecutor(Protocol):
+    """An `Executor` that reports each leg it traded (`last_legs`, for `paper.fills`) and each
+    order that failed (`last_errors`, for `paper.risk_events`) after every `execute`; the paper
+    session's executor behind the risk gate (`BookExecutor`, or the live `CcxtOrderExecutor`)."""
+
+    last_legs: list[LegFill]
+    last_errors: list[OrderError]
+
+    def execute(self, orders: Orders) -> Fills:
+        """Fill `orders`; never raises for market or venue reasons."""
+        ...
+
+
 class BookExecutor:
     """Fills `Orders` against order books from a `BookSource` (see the module docstring).
 
@@ -132,6 +165,8 @@ class BookExecutor:
         self.fee_basis = fee_basis
         self.last_legs: list[LegFill] = []
         """The legs of the last `execute` call that had an order (zero orders fetch no book)."""
+        self.last_errors: list[OrderError] = []
+        """Always empty: walking a book cannot be rejected."""
 
     def execute(self, orders: Orders) -> Fills:
         """Walk each non-zero leg's book; return the filled quantities and their costs."""

@@ -12,7 +12,10 @@
   it), a live bar's features equal what the pipeline computes for that bar. The feed is `live`:
   the session opens an episode without an end and the env's engine extends its data tensor
   (`Engine.extend_market`) each time the feed's market grows. Sentiment is not fetched live; the
-  frame has no `f_sent_` columns.
+  frame has no `f_sent_` columns. The history must come from the venue the feed polls, in klines
+  of the size it fetches (`raw_timeframe`); a mix is refused, naming both. `ccxt_feed` builds one
+  from the DuckDB history and a key-less `CcxtExchange` (public endpoints only), with the books
+  the paper executor walks: the venue's live snapshot at the feed's clock.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ import polars as pl
 
 from carry_env.market import MarketData
 from carry_pipeline.lib.exchanges.base import ExchangeClient, Pair
+from carry_pipeline.lib.exchanges.ccxt_exchange import CcxtExchange
 from carry_pipeline.lib.exchanges.simulated import SimulatedExchange
 from carry_pipeline.lib.features.bars import MarketBarsConfig, build_market_bars
 from carry_pipeline.lib.features.carry import CarryFeaturesConfig, build_carry_features
 from carry_pipeline.lib.features.pipeline import build_market_frame
 from carry_pipeline.lib.features.sentiment import build_sentiment_windows
 from carry_pipeline.lib.features.timeframes import parse_duration
+from carry_pipeline.lib.trading.books import SimulatedExchangeBooks
 from carry_pipeline.lib.trading.session import ReplayFeed
 
 RAW_TABLES = {
@@ -75,21 +80,26 @@ def fetch_raw(
     start: datetime,
     end: datetime,
     book_window: tuple[datetime, datetime] | None = None,
+    funding_window: tuple[datetime, datetime] | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Raw spot, perp, funding and order-book rows of `bases` in `[start, end)` from `exchange`;
-    order books in `book_window` when given (a live venue serves only "now", which it must hold)."""
+    order books in `book_window` when given (a live venue serves only "now", which it must hold),
+    settlements in `funding_window` when given; no klines when `start >= end`."""
     book_start, book_end = book_window or (start, end)
+    fund_start, fund_end = funding_window or (start, end)
     parts: dict[str, list[pl.DataFrame]] = {k: [] for k in RAW_TABLES}
     for base in bases:
         pair = Pair(base)
-        parts["spot"].append(exchange.fetch_ohlcv(pair.spot, "spot", timeframe, start, end))
-        parts["perp"].append(exchange.fetch_ohlcv(pair.perp, "perp", timeframe, start, end))
-        parts["funding"].append(exchange.fetch_funding(pair.perp, start, end))
+        if start < end:
+            parts["spot"].append(exchange.fetch_ohlcv(pair.spot, "spot", timeframe, start, end))
+            parts["perp"].append(exchange.fetch_ohlcv(pair.perp, "perp", timeframe, start, end))
+        if fund_start < fund_end:
+            parts["funding"].append(exchange.fetch_funding(pair.perp, fund_start, fund_end))
         for leg in ("spot", "perp"):
             parts["order_book"].append(
                 exchange.fetch_order_book(pair.symbol(leg), leg, book_start, book_end)  # type: ignore[arg-type]
             )
-    return {k: pl.concat(v, how="vertical_relaxed") for k, v in parts.items()}
+    return {k: pl.concat(v, how="vertical_relaxed") for k, v in parts.items() if v}
 
 
 def load_raw_history(
@@ -271,11 +281,14 @@ class ExchangeFeed:
         self.bar = parse_duration(bars.bar)
         self.settle = timedelta(seconds=settle_s)
         self.max_wait_bars = max_wait_bars
+        _check_history(history, exchange, self.raw_timeframe)
         self.raw = {k: v for k, v in history.items()}
         self.errors = 0
         """Failed refreshes (network or exchange errors, malformed answers) so far."""
         self.last_error = ""
         self._market = MarketData.from_frame(market_frame_from_raw(self.raw, bars, self.carry))
+        self._funding_from = self._raw_end()  # settlements before it come with the history
+        self._funding_checked: datetime | None = None  # the last close fetched through
         self.refresh()
 
     @property
@@ -284,12 +297,20 @@ class ExchangeFeed:
         return self._market
 
     def refresh(self) -> int:
-        """Fetch every raw row since the buffer's last and rebuild the market; new bar count."""
+        """Fetch every raw row since the buffer's last and rebuild the market; new bar count.
+
+        Klines are fetched up to the last closed one; settlements up to and including that
+        kline's close (the pipeline books a settlement on the bar it closes, so the bar is
+        complete only with it; the history, cut at `[start, end)`, lacks the one at its end).
+        """
         now = self.clock.now()
         since = self._raw_end()
         end = _floor(now, parse_duration(self.raw_timeframe))  # every kline before it has closed
-        if since >= end:
+        if since >= end and self._funding_checked == end:
             return 0
+        # From the last close checked (re-fetched rows are deduplicated) to a minute past this
+        # one: a settlement stamped at `end` is in (the simulator serves whole minutes only).
+        funding_window = (self._funding_from, end + timedelta(minutes=1))
         hour = _floor(now, timedelta(hours=1))  # the hour holding now: the simulator's book grid
         new = fetch_raw(
             self.exchange,
@@ -298,13 +319,15 @@ class ExchangeFeed:
             since,
             end,
             (hour, hour + timedelta(hours=1)),
+            funding_window,
         )
         for key, frame in new.items():
             if frame.height:
                 self.raw[key] = _append(self.raw.get(key), frame, key)
+        self._funding_from, self._funding_checked = end, end
         market = MarketData.from_frame(market_frame_from_raw(self.raw, self.bars, self.carry))
         grown = market.n_bars - self._market.n_bars
-        if grown > 0:
+        if grown >= 0:
             if not np.array_equal(market.ts[: self._market.n_bars], self._market.ts):
                 raise ValueError("ExchangeFeed: history changed under the feed (bars re-stamped)")
             self._market = market
@@ -313,7 +336,7 @@ class ExchangeFeed:
     def _raw_end(self) -> datetime:
         # Start of the next perp bar to fetch: every leg's buffer is kept to the same grid.
         last = self.raw["perp"]["ts"].max()
-        return last + parse_duration(self.raw_timeframe)  # type: ignore[operator]
+        return last + parse_duration(self.raw_timeframe)  # type: ignore[operator, return-value]
 
     def bar_ready(self, t: int) -> bool:
         """Wait (on the clock) until bar t has closed and been fetched; False after
@@ -342,6 +365,79 @@ class ExchangeFeed:
         if not self.bar_ready(t):
             return f"no data for bar {t} after {self.max_wait_bars} bars ({self.last_error})"
         return ReplayFeed(self._market).poll(t)
+
+
+def _check_history(
+    history: dict[str, pl.DataFrame], exchange: ExchangeClient, raw_timeframe: str
+) -> None:
+    # The buffer splices the history with what the feed fetches: same venue, same kline size.
+    for key, leg in (("spot", "spot"), ("perp", "perp")):
+        frame = history.get(key)
+        if frame is None or frame.height == 0:
+            raise ValueError(f"ExchangeFeed: the history has no raw_{leg}_ohlcv rows")
+        venue = exchange.exchange_name(leg)  # type: ignore[arg-type]
+        others = sorted(set(frame["exchange"].unique().to_list()) - {venue})
+        if others:
+            raise ValueError(
+                f"ExchangeFeed: raw_{leg}_ohlcv history comes from {others}, the feed polls "
+                f"{venue}; ingest that venue's history (ingest_job with exchange kind ccxt)"
+            )
+        gaps = frame.sort("symbol", "ts").select(
+            pl.col("ts").diff().over("symbol").dt.total_seconds().alias("gap")
+        )["gap"]
+        step = gaps.filter(gaps > 0).min()
+        want = parse_duration(raw_timeframe).total_seconds()
+        if step is not None and float(step) != want:  # type: ignore[arg-type]
+            raise ValueError(
+                f"ExchangeFeed: raw_{leg}_ohlcv history holds klines {float(step):.0f} s apart "  # type: ignore[arg-type]
+                f"({raw_timeframe} = {want:.0f} s is fetched); set the feed's raw_timeframe to "
+                "the size ingestion stored"
+            )
+
+
+def ccxt_feed(
+    database: str | Path,
+    bases: tuple[str, ...],
+    clock: Any,
+    *,
+    history_start: datetime,
+    bars: MarketBarsConfig,
+    carry: CarryFeaturesConfig | None = None,
+    raw_timeframe: str | None = None,
+    spot_exchange: str = "binance",
+    perp_exchange: str = "binanceusdm",
+    api_url: str | None = None,
+    timeout_ms: int = 10_000,
+    max_retries: int = 5,
+    settle_s: float = 2.0,
+    max_wait_bars: int = 3,
+) -> tuple[ExchangeFeed, SimulatedExchangeBooks]:
+    """An `ExchangeFeed` on a key-less `CcxtExchange`, warmed up from the DuckDB raw history
+    `[history_start, now)` (`load_raw_history`), and the venue's live books at the feed's clock.
+
+    The client holds no key, so only public endpoints can answer; it is never the live
+    executor's client. The history's start fixes the bar index of every bar: a session resumed
+    with the same `history_start` finds its bars where it left them.
+
+    Raises:
+        ValueError: no history for an asset, history from another venue or of another kline size.
+        PermanentExchangeError: an exchange id ccxt does not know.
+    """
+    raw_tf = raw_timeframe or bars.bar
+    exchange = CcxtExchange(
+        spot_exchange,
+        perp_exchange,
+        api_url=api_url,
+        timeout_ms=timeout_ms,
+        max_retries=max_retries,
+        clock=clock.now,
+    )
+    end = _floor(clock.now(), parse_duration(raw_tf))
+    history = load_raw_history(database, bases, history_start, end)
+    feed = ExchangeFeed(
+        exchange, bases, history, clock, bars, carry, settle_s, max_wait_bars, raw_tf
+    )
+    return feed, SimulatedExchangeBooks(exchange, clock.now)
 
 
 def _floor(t: datetime, step: timedelta) -> datetime:

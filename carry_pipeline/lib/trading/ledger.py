@@ -12,6 +12,7 @@ Tables (primary keys in brackets, so a bar booked twice is an error, never a dup
 | `paper.equity` | bar: equity, cash, the step's cash flows, risk state + snapshot | bar |
 | `paper.risk_events` | risk record (decision, denial, state change, feed fault) | bar, seq |
 | `paper.alerts` | alert (risk state change, feed down, policy divergence) | bar, seq |
+| `paper.policy_state` | bar of a stateful policy: its packed state after the bar | bar |
 
 `bar` is the env bar index the decision was taken at; the equity row is marked one bar later.
 `commit_bar` writes all tables of a bar or none (one `BEGIN ... COMMIT`); a process killed mid-bar
@@ -58,6 +59,8 @@ create table if not exists paper.risk_events (
 create table if not exists paper.alerts (
     session_id varchar, bar integer, seq integer, kind varchar, message varchar,
     figures varchar, primary key (session_id, bar, seq));
+create table if not exists paper.policy_state (
+    session_id varchar, bar integer, state blob, primary key (session_id, bar));
 """
 
 TABLES = (
@@ -69,6 +72,7 @@ TABLES = (
     "equity",
     "risk_events",
     "alerts",
+    "policy_state",
 )
 
 
@@ -101,6 +105,8 @@ class BarRecord:
     positions: list[tuple[Any, ...]] = field(default_factory=list)
     risk_events: list[tuple[Any, ...]] = field(default_factory=list)
     alerts: list[tuple[Any, ...]] = field(default_factory=list)
+    policy_state: bytes | None = None
+    """The policy's packed state after the bar (`pack_state`); None for a stateless policy."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,13 @@ class Ledger:
                 "changed). Use a new session_id."
             )
 
+    def session_start(self, session_id: str) -> int | None:
+        """The start bar of a registered session, or None when it is new."""
+        row = self._sql(
+            "select start_bar from paper.sessions where session_id = ?", [session_id]
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def commit_bar(self, session_id: str, rec: BarRecord) -> None:
         """Write every table of one bar in a single transaction (all or nothing)."""
         con = self.con
@@ -215,6 +228,11 @@ class Ledger:
                         f"insert into {self._prefix}{table} values ({', '.join(['?'] * width)})",
                         [[session_id, rec.bar, *r] for r in rows],
                     )
+            if rec.policy_state is not None:
+                run(
+                    "insert into paper.policy_state values (?, ?, ?)",
+                    [session_id, rec.bar, rec.policy_state],
+                )
             con.execute("commit")
         except BaseException:
             con.execute("rollback")
@@ -254,6 +272,15 @@ class Ledger:
             con.execute("rollback")
             raise
         return True
+
+    def policy_state(self, session_id: str, bar: int) -> bytes | None:
+        """The packed policy state committed with `bar`, or None (a stateless policy, or a
+        ledger written before states were stored)."""
+        row = self._sql(
+            "select state from paper.policy_state where session_id = ? and bar = ?",
+            [session_id, bar],
+        ).fetchone()
+        return None if row is None else bytes(row[0])
 
     def committed_bars(self, session_id: str) -> list[int]:
         """Bars committed for the session, ascending."""

@@ -2,13 +2,22 @@
 step -> ledger, one bar at a time, resumable after a crash.
 
 The env is the training and backtest env (`CarryTradeEnv`); only its feed (`PaperFeed`) and
-executor (`RiskGate` around `BookExecutor`, behind `_ResumingExecutor`) differ. On start the
-session calls the policy's `reset(env)` when it has one (the trained-model adapters build their
-observation gathers there), replays the ledger's committed bars through the env with their stored
-actions and stored fills (no book is walked, no order sent; the env must plan the same orders,
-else the ledger and the market disagree and the session stops; the policy is asked again at each
-non-fault bar, so a stateful policy is where it was before the restart), restores the risk
-manager's latches, and continues live from the first bar not committed.
+executor (`RiskGate` around `BookExecutor`, or around the live `CcxtOrderExecutor` when live
+trading is enabled, behind `_ResumingExecutor`) differ. On start the session calls the policy's
+`reset(env)` when it has one (the trained-model adapters build their observation gathers there),
+replays the ledger's committed bars through the env with their stored actions and stored fills (no
+book is walked, no order sent; the env must plan the same orders, else the ledger and the market
+disagree and the session stops), restores the risk manager's latches, and continues live from the
+first bar not committed.
+
+Policy state: the session threads SB3's recurrent `state` and `episode_start` through `predict`
+(a RecurrentPPO model keeps its LSTM state there), and a policy with `get_state()` /
+`set_state(state)` (the trained-model adapters: the experts' LSTM states, the meta-controller's
+running statistics) keeps the rest inside. When either exists, both are packed
+(`policy_state.pack_state`) into `paper.policy_state` in the bar's transaction; a resume restores
+them from the last committed bar and does not ask the policy again. A ledger without stored states
+(a stateless policy, or a session written before states were stored) is resumed by asking the
+policy again at each committed non-fault bar, which rebuilds a deterministic policy's state.
 
 Feed faults (the feed's `poll` raising, or returning a reason: no data, malformed bar) never crash
 the loop: the bar is held (action NaN: no orders, positions carried and marked), a `feed_fault`
@@ -35,8 +44,9 @@ from carry_env.feeds import Fills, MarketFeed, Orders
 from carry_env.kernel import I_T
 from carry_env.market import MarketData
 from carry_pipeline.lib.trading.books import BookSource
-from carry_pipeline.lib.trading.executor import BookExecutor, FeeBasis, TakerFees
+from carry_pipeline.lib.trading.executor import BookExecutor, FeeBasis, LegExecutor, TakerFees
 from carry_pipeline.lib.trading.ledger import BarRecord, Ledger, ReplayBar, to_json
+from carry_pipeline.lib.trading.policy_state import pack_state, unpack_state
 from carry_pipeline.lib.trading.risk import (
     BarView,
     RiskConfig,
@@ -94,7 +104,9 @@ class ReplayFeed:
 @runtime_checkable
 class Policy(Protocol):
     """SB3's `predict` signature. A policy may also have `explain(obs) -> dict` with
-    `expert_outputs` and `gating_weights` (the meta-controller's), which the ledger stores."""
+    `expert_outputs` and `gating_weights` (the meta-controller's), which the ledger stores, and
+    `get_state()` / `set_state(state)` for what it keeps between bars besides SB3's `state` (a
+    nest `pack_state` can store), which the ledger persists with every bar."""
 
     def predict(
         self,
@@ -118,6 +130,8 @@ class SessionSpec:
         seed: `env.reset(seed=...)` (anomaly draws).
         start: first bar index.
         fee_basis: the executor's fee basis ("fill" is the exchange's rule).
+        live: real orders (the live executor); part of the session's identity, so a paper
+            session is never resumed live, nor a live one on paper.
     """
 
     session_id: str
@@ -126,6 +140,7 @@ class SessionSpec:
     seed: int = 0
     start: int = 0
     fee_basis: FeeBasis = "fill"
+    live: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain values (hashed into `paper.sessions`)."""
@@ -133,6 +148,7 @@ class SessionSpec:
             "env_config": self.env_config.to_dict(),
             "risk_config": {k: getattr(self.risk_config, k) for k in vars(self.risk_config)},
             "fee_basis": self.fee_basis,
+            **({"live": True} if self.live else {}),  # absent on paper: old sessions' hashes hold
         }
 
 
@@ -206,6 +222,7 @@ def run_paper_session(
     max_bars: int | None = None,
     on_commit: Callable[[int], None] | None = None,
     on_bar: Callable[[BarRecord, dict[str, Any]], None] | None = None,
+    executor: LegExecutor | None = None,
 ) -> SessionResult:
     """Trade `feed` with `policy` until the data ends or `max_bars` bars are committed in all.
 
@@ -220,6 +237,9 @@ def run_paper_session(
         on_bar: called with each newly committed bar's record and the env's info, plus
             `bar_latency_s` (wall seconds from the bar's poll to its commit) and `marks`
             (symbol -> spot and perp price the bar is marked at); for monitoring.
+        executor: what fills the risk-gated orders (`last_legs` after each call, and
+            `last_errors`: venue rejections and network errors, booked as `order_error` risk
+            events); default a `BookExecutor` walking `books` with the env's taker fees.
     """
     market = feed.market
     symbols = market.symbols
@@ -228,10 +248,12 @@ def run_paper_session(
         spec.session_id, spec.seed, spec.start, symbols, spec.to_dict(), datetime.now(UTC)
     )
     manager = RiskManager(spec.risk_config, symbols)
-    book_ex = BookExecutor(symbols, books, TakerFees.from_env_config(cfg), spec.fee_basis)
+    book_ex: LegExecutor = executor or BookExecutor(
+        symbols, books, TakerFees.from_env_config(cfg), spec.fee_basis
+    )
     gate = RiskGate(book_ex, manager)
-    executor = _ResumingExecutor(gate, symbols)
-    env = CarryTradeEnv(market, cfg, feed=feed, executor=executor)
+    resuming = _ResumingExecutor(gate, symbols)
+    env = CarryTradeEnv(market, cfg, feed=feed, executor=resuming)
     # A live feed (`live = True`) appends bars as they close: the episode has no end in the data.
     options: dict[str, Any] = {"start": spec.start}
     if getattr(feed, "live", False):
@@ -246,15 +268,19 @@ def run_paper_session(
         raise RuntimeError(
             f"ledger of {spec.session_id!r} starts at bar {replay[0].bar}, not {spec.start}"
         )
+    carried = _PolicyCarry(policy)
+    stored = ledger.policy_state(spec.session_id, replay[-1].bar) if replay else None
+    if stored is not None:
+        carried.restore(stored)
     for rb in replay:
-        executor.replay = rb
-        if not rb.feed_fault:
-            # A stateful policy (the meta-controller's running statistics) sees every bar it saw
-            # before the restart; its action is the stored one.
-            policy.predict(obs, deterministic=True)
+        resuming.replay = rb
+        if stored is None and not rb.feed_fault:
+            # No stored state: the policy sees every bar it saw before the restart, which
+            # rebuilds a deterministic policy's state; its action is the stored one.
+            carried.predict(obs)
         obs, _, term, trunc, info = env.step(np.asarray(rb.action))
         ended = term or trunc
-    executor.replay = None
+    resuming.replay = None
     if replay:
         manager.restore(replay[-1].risk_snapshot)
     names = {n: j for j, n in enumerate(env.observation_names)}
@@ -284,8 +310,7 @@ def run_paper_session(
         if reason:
             policy_action = np.full(len(symbols), np.nan)
         else:
-            policy_action, _ = policy.predict(obs, deterministic=True)
-            policy_action = np.asarray(policy_action, dtype=np.float64).reshape(len(symbols))
+            policy_action = carried.predict(obs).reshape(len(symbols))
             if hasattr(policy, "explain"):
                 explain = dict(policy.explain(obs))
         action = manager.action_override(policy_action) if not reason else policy_action
@@ -303,10 +328,15 @@ def run_paper_session(
         gate.account = (float(info["equity"]), info["spot_qty"].copy(), info["perp_qty"].copy())
         gate.records, gate.planned, gate.scale = [], None, None
         book_ex.last_legs = []
+        book_ex.last_errors = []
         obs_digest = hashlib.sha256(obs.tobytes()).hexdigest()
         obs, _, term, trunc, info = env.step(action)
         ended = term or trunc
         records += gate.records
+        records += [
+            RiskRecord(t, "order_error", "venue", e.reason, manager.state, e.figures, e.symbol)
+            for e in book_ex.last_errors
+        ]
         alerts = _alerts(t, state_before, manager, records, faults, spec.risk_config)
         limit = spec.risk_config.drawdown_alert
         if drawdown < limit <= info["drawdown"]:
@@ -330,6 +360,7 @@ def run_paper_session(
             info,
             symbols,
         )
+        rec.policy_state = carried.pack()
         ledger.commit_bar(spec.session_id, rec)
         new += 1
         if on_bar is not None:
@@ -343,6 +374,44 @@ def run_paper_session(
             on_commit(t)
     last = spec.start + len(replay) + new - 1
     return SessionResult(len(replay), new, last, float(info["equity"]), bool(ended))
+
+
+class _PolicyCarry:
+    # What the policy carries between bars: SB3's recurrent `state` and `episode_start`, and the
+    # adapter's own `get_state()`; packed for the ledger, restored on resume.
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.state: Any = None
+        self.starting = True
+        self.has_inner = callable(getattr(policy, "get_state", None)) and callable(
+            getattr(policy, "set_state", None)
+        )
+
+    def predict(self, obs: np.ndarray) -> np.ndarray:
+        action, self.state = self.policy.predict(
+            obs, state=self.state, episode_start=np.array([self.starting]), deterministic=True
+        )
+        self.starting = False
+        return np.asarray(action, dtype=np.float64)
+
+    def pack(self) -> bytes | None:
+        # None when there is nothing to carry (a stateless policy before or after any bar).
+        inner = self.policy.get_state() if self.has_inner else None  # type: ignore[attr-defined]
+        if self.state is None and inner is None:
+            return None
+        return pack_state({"sb3": self.state, "starting": self.starting, "policy": inner})
+
+    def restore(self, data: bytes) -> None:
+        carried = unpack_state(data)
+        self.state, self.starting = carried["sb3"], bool(carried["starting"])
+        if carried["policy"] is not None:
+            if not self.has_inner:
+                raise RuntimeError(
+                    "the ledger holds a policy state from get_state(), but this session's policy "
+                    f"{type(self.policy).__name__} has no set_state(); resume it with the policy "
+                    "it was started with"
+                )
+            self.policy.set_state(carried["policy"])  # type: ignore[attr-defined]
 
 
 def _trailing_faults(replay: list[ReplayBar]) -> int:
@@ -397,7 +466,7 @@ def _bar_record(
     records: list[RiskRecord],
     alerts: list[tuple[Any, ...]],
     gate: RiskGate,
-    book_ex: BookExecutor,
+    book_ex: LegExecutor,
     info: dict[str, Any],
     symbols: tuple[str, ...],
 ) -> BarRecord:

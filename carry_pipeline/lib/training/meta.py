@@ -341,6 +341,51 @@ class MetaCore:
         self.weights = gate(logits, self.spec.gating)
         return combine(self.weights, self.suggestions, self.multiplier)
 
+    def get_state(self) -> dict[str, Any]:
+        """Everything `observe`, `actions` and `feedback` carry between bars: the experts'
+        recurrent states, the episode-start flags, the running reward statistics, the usage and
+        the last suggestions, multiplier and weights (copies)."""
+        arrays = {
+            "suggestions": self.suggestions, "multiplier": self.multiplier,
+            "weights": self.weights, "starts": self._starts, "mean": self._mean,
+            "var": self._var, "usage": self.usage,
+        }  # fmt: skip
+        return {**{k: v.copy() for k, v in arrays.items()}, "states": list(self._states)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a `get_state()` of a core over the same experts and symbols.
+
+        Raises:
+            ValueError: a missing entry, another number of expert states, or an array of
+                another shape than this core's (named).
+        """
+        names = ("suggestions", "multiplier", "weights", "starts", "mean", "var", "usage")
+        missing = [n for n in (*names, "states") if n not in state]
+        if missing:
+            raise ValueError(f"meta-controller state lacks {missing}")
+        if len(state["states"]) != len(self._states):
+            raise ValueError(
+                f"meta-controller state holds {len(state['states'])} expert states, this core "
+                f"gates {len(self._states) - 1} experts and the anomaly slot"
+            )
+        current = {"suggestions": self.suggestions, "multiplier": self.multiplier,
+                   "weights": self.weights, "starts": self._starts, "mean": self._mean,
+                   "var": self._var, "usage": self.usage}  # fmt: skip
+        for n in names:
+            if np.shape(state[n]) != current[n].shape:
+                raise ValueError(
+                    f"meta-controller state {n!r} has shape {np.shape(state[n])}, this core "
+                    f"{current[n].shape}"
+                )
+        self.suggestions = np.array(state["suggestions"], dtype=np.float64)
+        self.multiplier = np.array(state["multiplier"], dtype=np.float64)
+        self.weights = np.array(state["weights"], dtype=np.float64)
+        self._starts = np.array(state["starts"], dtype=bool)
+        self._mean = np.array(state["mean"], dtype=np.float64)
+        self._var = np.array(state["var"], dtype=np.float64)
+        self.usage = np.array(state["usage"], dtype=np.float64)
+        self._states = list(state["states"])
+
     def feedback(self, bars: np.ndarray, env_reward: np.ndarray) -> np.ndarray:
         """After a step from `bars`: update the experts' running reward and Sharpe and the usage,
         and return the shaped reward `(B,)` (`reset_envs` then restarts finished envs)."""

@@ -81,15 +81,17 @@ def run_session(
     risk: RiskConfig = WIDE_RISK,
     session_id: str = "s1",
     on_bar: Any = None,
+    policy: Any = None,
 ) -> SessionResult:
-    """Run (or resume) the shared session into the DuckDB file `db`."""
+    """Run (or resume) the shared session into the DuckDB file `db` (`FundingPolicy` unless
+    `policy` is given)."""
     market = feed.market if feed is not None else make_market()
     ledger = Ledger(db)
     try:
         return run_paper_session(
             spec=SessionSpec(session_id, ENV_CONFIG, risk, seed=7, start=0),
             feed=feed if feed is not None else ReplayFeed(market),
-            policy=FundingPolicy(observation_names(market)),
+            policy=policy if policy is not None else FundingPolicy(observation_names(market)),
             books=ModelBookSource(ENV_CONFIG, levels=50, span_depths=4.0),
             ledger=ledger,
             max_bars=max_bars,

@@ -1,8 +1,10 @@
-"""The champion end to end: a tiny meta-controller (and its four experts) trained through the models
-assets on the simulated exchange's features, a `models.champion` row for it, `champion_model_sensor`
-evaluated against a real instance in which `reports/champion_model` materialised, and the run it
-requests executed with `paper_trading_job` for two simulated days: ledger rows with the experts'
-outputs and the gating weights, and the tracking report in the output's metadata."""
+"""The champion end to end: a tiny meta-controller (and its four experts, the long-term one an LSTM)
+trained through the models assets on the simulated exchange's features, a `models.champion` row
+for it, `champion_model_sensor` evaluated against a real instance in which
+`reports/champion_model` materialised, and the run it requests executed with `paper_trading_job`
+for two simulated days: ledger rows with the experts' outputs and the gating weights, and the
+tracking report in the output's metadata; a session stopped and resumed acts as an uninterrupted
+one, the LSTM's state restored from the ledger."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -28,11 +31,18 @@ from carry_pipeline.lib.features.pipeline import combine_features
 from carry_pipeline.lib.features.sentiment import build_sentiment_windows
 from carry_pipeline.lib.features.windows import TrainingWindowsConfig, write_training_windows
 from carry_pipeline.lib.trading.feeds import SENTIMENT_HISTORY, fetch_raw
-from tests.pipeline.models.test_model_assets import EXPERTS, _materialize, meta_controller
+from carry_pipeline.lib.trading.ledger import Ledger
+from carry_pipeline.lib.trading.policy_state import unpack_state
+from tests.pipeline.models.test_model_assets import EXPERTS, TINY, _materialize, meta_controller
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 DAYS = 12
 HIGHER = ("4h",)
+# The long-term expert in its LSTM form (sb3-contrib RecurrentPPO), so the champion is recurrent.
+RECURRENT = json.dumps(
+    {**json.loads(TINY), "algorithm": "RecurrentPPO",
+     "observation": {"history_windows": 1, "history_stride": 1}}
+)  # fmt: skip
 
 
 def _upstream(database: Path, windows_root: Path) -> None:
@@ -76,7 +86,7 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
     root = tmp_path_factory.mktemp("champion")
     store = {"database": root / "carry.duckdb", "models": root / "models"}
     _upstream(store["database"], root / "windows")
-    assert _materialize(store, [*EXPERTS, meta_controller]).success
+    assert _materialize(store, [*EXPERTS, meta_controller], long_term=RECURRENT).success
     with duckdb.connect(str(store["database"])) as con:
         model = con.execute("select model_path, data_sha256, trained_at from "
                             "models.meta_controller where fold = 0").fetchone()  # fmt: skip
@@ -153,3 +163,42 @@ def test_a_model_folder_that_is_gone_fails_naming_it(champion_store: tuple[Path,
     errors = " ".join(str(e.event_specific_data.error) for e in result.all_events
                       if e.event_type_value == "STEP_FAILURE")  # fmt: skip
     assert "model folder /nowhere/meta/fold0 does not exist" in errors
+
+
+def _run(database: Path, tmp_path: Path, session: str, max_bars: int) -> None:
+    config = {"session_id": session, "policy": "champion", "database": str(database),
+              "days": DAYS, "higher_timeframes": list(HIGHER), "max_bars": max_bars,
+              "report_dir": str(tmp_path / "reports")}  # fmt: skip
+    result = paper_trading_job.execute_in_process(
+        run_config={"ops": {"paper_session": {"config": config}}}
+    )
+    assert result.success
+
+
+@pytest.mark.slow
+def test_a_resumed_champion_session_acts_as_an_uninterrupted_one(
+    champion_store: tuple[Path, str], tmp_path: Path
+) -> None:
+    # "split" stops after 10 bars and is resumed to 24; "whole" runs 24 at once. The resume
+    # restores the meta-controller's state (the LSTM expert's (h, c), the running statistics)
+    # from paper.policy_state instead of asking the models again, and every decision matches.
+    database, _ = champion_store
+    _run(database, tmp_path, "whole", 24)
+    _run(database, tmp_path, "split", 10)
+    ledger = Ledger(database)
+    try:
+        packed = ledger.policy_state("split", 9)
+    finally:
+        ledger.close()
+    assert packed is not None
+    core = unpack_state(packed)["policy"]["core"]
+    lstm = [s for s in core["states"] if isinstance(s, tuple)]
+    assert len(lstm) == 1 and lstm[0][0].shape[-1] > 0  # the long-term expert's (h, c)
+    assert np.abs(lstm[0][0]).sum() > 0.0
+    _run(database, tmp_path, "split", 24)
+    sql = ("select bar, policy_action, expert_outputs, gating_weights from paper.decisions "
+           "where session_id = ? order by bar")  # fmt: skip
+    with duckdb.connect(str(database), read_only=True) as con:
+        split = con.execute(sql, ["split"]).fetchall()
+        whole = con.execute(sql, ["whole"]).fetchall()
+    assert len(split) == 24 and split == whole
