@@ -6,8 +6,9 @@
 - `carry_serve_request_duration_seconds{route}`: histogram of the wall time per request.
 - `carry_serve_champion_reloads_total{reason}`: champions loaded: `first`, `champion` (a new row
   of `models.champion`), `bars` (the same champion on new stored bars).
-- `carry_serve_store_problems_total`: checks of the DuckDB file that failed (locked by a writer,
-  a missing table, a champion that does not load).
+- `carry_serve_store_problems_total`: checks of the DuckDB file that could not read it (locked by
+  a writer, missing, a missing table; each check) and promoted champions that did not load (once
+  each: a broken version is not retried until the store changes).
 - `carry_serve_champion_info{champion_id,model_path,fold}`: 1, labelled with the champion being
   served; `carry_serve_champion_loaded_timestamp_seconds`: when it was loaded.
 """
@@ -51,7 +52,9 @@ class ServiceMetrics:
             "carry_serve_champion_reloads", "Champions loaded, by reason", ["reason"], registry=r
         )
         self.problems = Counter(
-            "carry_serve_store_problems", "Failed checks of the DuckDB file", registry=r
+            "carry_serve_store_problems",
+            "Failed reads of the DuckDB file and champions that did not load",
+            registry=r,
         )
         self.champion = Info("carry_serve_champion", "The champion being served", registry=r)
         self.loaded_at = Gauge(

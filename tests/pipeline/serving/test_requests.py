@@ -41,7 +41,10 @@ def test_a_good_observation_comes_back_as_float32_values() -> None:
         # +inf and -inf both listed
         ([math.inf, 0.0, 0.0, -math.inf, 1.0], "[0] (BTC:funding_bp) = inf, [3] "),
         # just beyond the env's clip bound
-        ([0.0, 1e6 + 1, 0.0, 0.0, 1.0], "outside the env's bounds +-1e+06: [1] (BTC:spot_exposure)"),
+        (
+            [0.0, 1e6 + 1, 0.0, 0.0, 1.0],
+            "outside the env's bounds +-1e+06: [1] (BTC:spot_exposure)",
+        ),
     ],
 )
 def test_a_bad_observation_is_named(values: list[float], expected: str) -> None:
@@ -101,8 +104,11 @@ def test_a_bar_time_gives_its_index(when: datetime, expected: int) -> None:
     ("when", "expected"),
     [
         # between two bars: the stored range and bar size named
-        (T0 + timedelta(minutes=30), "is not a bar of the stored features: 5 bars of 1 h from "
-         "2024-01-01T00:00:00Z to 2024-01-01T04:00:00Z"),  # fmt: skip
+        (
+            T0 + timedelta(minutes=30),
+            "is not a bar of the stored features: 5 bars of 1 h from "
+            "2024-01-01T00:00:00Z to 2024-01-01T04:00:00Z",
+        ),  # fmt: skip
         (T0 + timedelta(hours=5), "ts 2024-01-01T05:00:00Z is not a bar"),  # after the last
         (T0 - timedelta(hours=1), "ts 2023-12-31T23:00:00Z is not a bar"),  # before the first
         (datetime(2024, 1, 1, 2), "has no time zone"),  # naive

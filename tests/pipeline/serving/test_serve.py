@@ -111,7 +111,9 @@ def reference(policy: ChampionPolicy, env: CarryTradeEnv, obs: np.ndarray) -> di
 
 def decided(body: dict[str, Any]) -> dict[str, Any]:
     """The decision part of an answer."""
-    return {k: body[k] for k in ("action", "expert_outputs", "gating_weights", "anomaly_multiplier")}
+    return {
+        k: body[k] for k in ("action", "expert_outputs", "gating_weights", "anomaly_multiplier")
+    }
 
 
 def post(url: str, body: Any) -> httpx.Response:
