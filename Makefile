@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck bench clean mutation
+.PHONY: install run test lint typecheck bench clean mutation serve
 
 # torch==2.13.0 is installed on its own first: that pin resolves to the local CPU wheel, and any
 # other torch requirement would pull several GB of CUDA packages.
@@ -41,6 +41,13 @@ mutation: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The inference service: the current champion of models.champion over HTTP (README, "Inference
+# service"). The DuckDB file is $CARRY_DUCKDB, else data/carry.duckdb.
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 8000
+serve: install
+	$(PY) -m carry_pipeline.serve --host $(SERVE_HOST) --port $(SERVE_PORT)
 
 # Dagster: the instance lives in data/dagster_home (dagster.yaml is copied there first).
 DAGSTER_HOME_DIR := $(CURDIR)/data/dagster_home

@@ -240,6 +240,16 @@ class MetaBacktestPolicy:
         self._env, self._core, self._prev_bar = env, core, None
         self._ts, self._weights, self._exposure = [], [], []
 
+    def restart(self) -> None:
+        """Start a new episode on the env of `reset(env)` without rebuilding its gathers: the
+        experts' running statistics, the usage and the recurrent states restart and the recorded
+        weights are dropped, so the next `predict` decides as the first one after `reset(env)`."""
+        if self._core is None:
+            raise RuntimeError("MetaBacktestPolicy.reset(env) must be called before restart()")
+        self._core.reset_envs(np.ones(1, dtype=bool))
+        self._prev_bar = None
+        self._ts, self._weights, self._exposure = [], [], []
+
     def predict(
         self,
         observation: np.ndarray,

@@ -236,6 +236,10 @@ class ChampionPolicy:
         except ValueError as exc:
             raise ChampionError(f"champion {self.source.champion_id}: {exc}") from exc
 
+    def restart(self) -> None:
+        """Start a new episode on the same env (see `MetaBacktestPolicy.restart`)."""
+        self.meta.restart()
+
     def predict(
         self,
         observation: np.ndarray,

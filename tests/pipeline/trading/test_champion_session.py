@@ -80,10 +80,11 @@ def _upstream(database: Path, windows_root: Path) -> None:
             con.unregister("t")
 
 
-@pytest.fixture(scope="module")
-def champion_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def build_champion_store(root: Path) -> tuple[Path, str]:
+    """Under `root`: the upstream tables, the experts and meta-controller trained through the
+    models assets, and a `models.champion` row for the meta-controller; `(database, model_path)`.
+    """
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("champion")
     store = {"database": root / "carry.duckdb", "models": root / "models"}
     _upstream(store["database"], root / "windows")
     assert _materialize(store, [*EXPERTS, meta_controller], long_term=RECURRENT).success
@@ -98,6 +99,11 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
                              "rule": "{}"}], schema=CHAMPION_SCHEMA)  # fmt: skip
         append_champion(con, row)
     return store["database"], str(model[0])
+
+
+@pytest.fixture(scope="module")
+def champion_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return build_champion_store(tmp_path_factory.mktemp("champion"))
 
 
 @dg.asset(key=["reports", "champion_model"])
