@@ -54,7 +54,9 @@ class ModelSettings(dg.ConfigurableResource):
     anomaly: str = Field(
         default="{}",
         description='JSON object of ExpertSpec fields for the anomaly expert, e.g. {"net_arch": '
-        '[64, 32], "env_overrides": {"flash_crash_per_day": 1.0}}.',
+        '[64, 32], "env_overrides": {"flash_crash_per_day": 1.0}, "warm_start": {"epochs": 8, '
+        '"learning_rate": 3e-4}} (warm_start: the imitation of the risk teacher before PPO, '
+        "fields of imitation.WarmStart; null trains PPO alone).",
     )
     short_term: str = Field(
         default="{}", description="JSON object of ExpertSpec fields for the short-term expert."
@@ -80,10 +82,15 @@ class ModelSettings(dg.ConfigurableResource):
             ValueError: bad JSON or field, naming the expert.
         """
         overrides = _overrides(getattr(self, name), name)
-        if "observation" in overrides:
-            base = expert_spec(name).to_dict()["observation"]
-            overrides["observation"] = {**base, **overrides["observation"]}
-        d = {**expert_spec(name).to_dict(), "seed": self.seed, "threads": self.threads}
+        defaults = expert_spec(name).to_dict()
+        # Nested specs merge key by key over the expert's defaults (an `env_overrides` entry
+        # changes that EnvConfig field and keeps the expert's other overrides, such as its reward
+        # scale); `"warm_start": null` turns the warm start off.
+        for nested in ("observation", "env_overrides", "warm_start"):
+            value = overrides.get(nested)
+            if isinstance(value, dict):
+                overrides[nested] = {**(defaults[nested] or {}), **value}
+        d = {**defaults, "seed": self.seed, "threads": self.threads}
         known = set(d)
         unknown = sorted(set(overrides) - known)
         if unknown:

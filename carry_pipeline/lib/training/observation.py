@@ -307,6 +307,18 @@ class ExpertVecEnv(VecEnvWrapper):
         self._raw: np.ndarray | None = None
         self._prev_bars: np.ndarray | None = None
 
+    @property
+    def raw_observation(self) -> np.ndarray:
+        """The wrapped env's current observations `(B, D)` (`observation_names` order), from which
+        the Dict observations are built.
+
+        Raises:
+            RuntimeError: before the first `reset`.
+        """
+        if self._raw is None:
+            raise RuntimeError("ExpertVecEnv.raw_observation is read before reset()")
+        return self._raw
+
     def reset(self) -> dict[str, np.ndarray]:
         """Reset the envs and return the first Dict observations."""
         self._raw = self.venv.reset()

@@ -35,6 +35,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 from carry_env.config import EnvConfig
 from carry_env.market import MarketData
 from carry_pipeline.lib.training.extractors import EXTRACTORS
+from carry_pipeline.lib.training.imitation import warm_start
 from carry_pipeline.lib.training.observation import WindowSet, make_expert_env, window_index
 from carry_pipeline.lib.training.policy import ALGORITHM_CLASSES, ExpertPolicy, pinned_threads
 from carry_pipeline.lib.training.rollout import rollout
@@ -95,7 +96,8 @@ class TrainingRecord:
     spec: dict[str, Any]
     env_config: dict[str, Any]
     curve: dict[str, Any]
-    """Training-curve summary: points `(timesteps, mean episode reward)` and first/last/best."""
+    """Training-curve summary: points `(timesteps, mean episode reward)`, first/last/best, and the
+    warm start's imitation summary (None without one)."""
     validation: dict[str, Any]
     trained_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -112,6 +114,8 @@ class ProgressCallback(BaseCallback):
         super().__init__()
         self.log, self.every, self.expert = logger, every, expert
         self.points: list[tuple[int, float]] = []
+        self.warm_start: dict[str, Any] | None = None
+        """The imitation summary (`imitation.warm_start`) when the expert was warm-started."""
         self._next = every
         self._t0 = time.perf_counter()
 
@@ -129,13 +133,15 @@ class ProgressCallback(BaseCallback):
         return True
 
     def summary(self) -> dict[str, Any]:
-        """First, last and best mean episode reward, and every point."""
+        """First, last and best mean episode reward, every point, and the warm start's summary
+        (None without one)."""
         finite = [(t, r) for t, r in self.points if np.isfinite(r)]
         return {
             "points": self.points,
             "first": finite[0][1] if finite else None,
             "last": finite[-1][1] if finite else None,
             "best": max(r for _, r in finite) if finite else None,
+            "warm_start": self.warm_start,
         }
 
 
@@ -390,6 +396,24 @@ def _learn(
         verbose=0,
     )
     progress = ProgressCallback(log, spec.progress_every, spec.name)
+    if spec.warm_start is not None:
+        progress.warm_start = warm_start(
+            model,
+            spec.warm_start,
+            fit,
+            windows,
+            spec.observation,
+            config,
+            spec.n_envs,
+            seed=spec.seed,
+        )
+        ws = progress.warm_start
+        log.info(
+            f"{spec.name}: warm start on {ws['observations']} teacher-labelled observations "
+            f"(teacher cuts {ws['teacher_cut_share']:.1%}), imitation loss "
+            f"{ws['loss_first']:.3f} -> {ws['loss_last']:.3f}, agreement {ws['agreement']:.1%}, "
+            f"{ws['wall_seconds']:.1f} s"
+        )
     model.learn(total_timesteps=total, callback=progress, progress_bar=False)
     return model, progress
 

@@ -23,6 +23,10 @@ def test_defaults_follow_the_issue() -> None:
     }
     assert EXPERT_SPECS["anomaly"].output == "exposure"
     assert EXPERT_SPECS["anomaly"].env_config().flash_crash_per_day == 0.5  # 50x the default
+    # Rewards in tenths of a percent, not bp (see specs.py), and the teacher's warm start.
+    assert EXPERT_SPECS["anomaly"].env_config().reward_scale == 10.0
+    assert EXPERT_SPECS["anomaly"].warm_start is not None
+    assert all(EXPERT_SPECS[n].warm_start is None for n in ("short_term", "long_term"))
     assert EXPERT_SPECS["long_term"].observation.history_windows == 4
     assert LONG_TERM_RECURRENT.algorithm == "RecurrentPPO"
     assert EXPERT_SPECS["sentiment"].observation.window_features == ("f_sent_", "f_funding")

@@ -89,6 +89,10 @@ def test_registry_row_and_saved_files(inputs, tmp_path) -> None:
     assert rec.data_sha256 == data_sha256(inputs.train_windows, inputs.train_market)
     assert [p[0] for p in rec.curve["points"]] == [256, 512]
     assert any("anomaly: 512 timesteps" in m and "fps" in m for m in lines)
+    # The anomaly expert is warm-started by imitation of the risk teacher; the row says how it went.
+    warm = rec.curve["warm_start"]
+    assert warm["observations"] == 2_048 and 0 < warm["teacher_cut_share"] < 1, warm
+    assert any("anomaly: warm start on 2048 teacher-labelled observations" in m for m in lines)
     assert json.loads((folder / "record.json").read_text())["data_sha256"] == rec.data_sha256
     # The loaded policy acts as the trained one; its output is a multiplier in [0, 1].
     policy = load_expert(folder)
