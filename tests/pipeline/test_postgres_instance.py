@@ -62,6 +62,7 @@ SHORT_FEATURES = {
     "pit_history": "2d",
     "pit_future": "12h",
 }
+FILES = ("demo.yaml", "multiprocess.yaml")
 TAGS = {
     "dagster/asset_partition_range_start": "BTC|2024-01-01",
     "dagster/asset_partition_range_end": "BTC|2024-01-06",
@@ -215,6 +216,31 @@ def _step_spans(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[fl
         if e.step_key and kind in ("STEP_START", "STEP_SUCCESS"):
             marks.setdefault(e.step_key, {})[kind] = e.timestamp
     return {k: (m["STEP_START"], m["STEP_SUCCESS"]) for k, m in marks.items() if len(m) == 2}
+
+
+def test_postgres_config_reads_credentials_from_the_environment() -> None:
+    config = yaml.safe_load((ROOT / "config" / "dagster-postgres.yaml").read_text())
+    db = config["storage"]["postgres"]["postgres_db"]
+    fields = {k: v for k, v in db.items() if k != "scheme"}
+    assert set(fields) == {"hostname", "port", "db_name", "username", "password"}
+    assert all(set(v) == {"env"} and v["env"].startswith("DAGSTER_PG_") for v in fields.values())
+    # The same run and pool limits as the SQLite instance of dagster.yaml.
+    sqlite = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert config["concurrency"] == sqlite["concurrency"]
+
+
+@pytest.mark.parametrize("job_name", ["carry_pipeline_job", "retrain_job"])
+def test_multiprocess_config_merges_with_the_demo_profile(job_name: str) -> None:
+    from carry_pipeline.definitions import defs
+
+    demo, parallel = (yaml.safe_load((ROOT / "config" / f).read_text()) for f in FILES)
+    config = dg.validate_run_config(defs.resolve_job_def(job_name), {**demo, **parallel})
+    multiprocess = config["execution"]["multi_or_in_process_executor"]["multiprocess"]
+    assert multiprocess["max_concurrent"] == 4
+    assert (
+        "carry_pipeline.definitions"
+        in multiprocess["start_method"]["forkserver"]["preload_modules"]
+    )
 
 
 @pytest.mark.slow
