@@ -13,6 +13,13 @@ champion promotion).
   range per run), then rebuilds every later stage over all ingested partitions.
 - `retrain_job` selects the stages after ingestion (unpartitioned): what the weekly schedule and
   `make run` launch once the raw partitions are in.
+
+Both run on Dagster's default executor, `multi_or_in_process_executor`: a launched run (the UI,
+`dagster job execute`, the schedule) is multiprocess, each step a process, so independent steps
+(the four experts of a fold) run side by side up to `max_concurrent` (default: the CPU count) and
+every DuckDB access is serialised by the file's lock (`lib/duckdb_lock.py`). Run config
+`execution: {config: {in_process: {}}}` keeps a run in one process; `make run` executes in process
+(`execute_in_process`).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ carry_pipeline_job = dg.define_asset_job(
     "carry_pipeline_job",
     selection=dg.AssetSelection.groups(*MAIN_JOB_GROUPS),
     partitions_def=ingest_partitions,
-    executor_def=dg.in_process_executor,
+    executor_def=dg.multi_or_in_process_executor,
     description="Fetch a range of days of one asset into the raw tables, then rebuild features, "
     "datasets, models and reports over every ingested partition; promote a new champion when "
     "the rule passes.",
@@ -37,7 +44,7 @@ carry_pipeline_job = dg.define_asset_job(
 retrain_job = dg.define_asset_job(
     "retrain_job",
     selection=dg.AssetSelection.groups(*RETRAIN_GROUPS),
-    executor_def=dg.in_process_executor,
+    executor_def=dg.multi_or_in_process_executor,
     description="Rebuild features, datasets, models and reports from the raw partitions ingested "
     "so far; promote a new champion when the rule passes.",
 )

@@ -15,6 +15,11 @@ Two ways to write fewer partitions than an output covers (both one transaction):
   passed its checks and records their materialisations itself (the raw assets, when one day of a
   range fails).
 
+Every connection goes through `duckdb_lock.connect`: writes (outputs, `replace_partitions`) hold
+the exclusive lock on `<file>.lock` for their transaction only, reads of inputs a shared one with
+a read-only connection, so steps of a multiprocess run (the four experts of a fold) read and write
+one file without DuckDB's "Could not set lock" errors, and train side by side in between.
+
 DuckDB without the ICU extension reports TIMESTAMPTZ columns as `Etc/UTC`; frames are read back
 with `UTC`, the project's timestamp type.
 """
@@ -37,8 +42,10 @@ from dagster._core.storage.db_io_manager import (
     TablePartitionDimension,
     TableSlice,
 )
-from dagster_duckdb import DuckDBIOManager
+from dagster_duckdb import DuckDBIOManager, DuckDBResource
 from dagster_duckdb.io_manager import DuckDbClient, _partition_where_clause
+
+from carry_pipeline.lib import duckdb_lock
 
 KEPT_PARTITIONS = "kept_partitions"
 """Output metadata key: partition keys of the output whose stored rows the write must not touch."""
@@ -156,7 +163,12 @@ class TransactionalDuckDbClient(DuckDbClient):
     @staticmethod
     @contextmanager
     def connect(context: Any, table_slice: TableSlice) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A writable connection to the IO manager's file inside `transaction`."""
+        """For an output, a writable connection inside `transaction` under the exclusive lock;
+        for an input, a read-only one under the shared lock (readers of one file run together)."""
+        if isinstance(context, dg.InputContext):
+            with _connection(context.resource_config or {}, read_only=True) as con:
+                yield con
+            return
         with _connection(context.resource_config) as con, transaction(con):
             yield con
 
@@ -174,14 +186,16 @@ class TransactionalDuckDbClient(DuckDbClient):
 
 
 @contextmanager
-def _connection(resource_config: Mapping[str, Any]) -> Iterator[duckdb.DuckDBPyConnection]:
-    # A writable connection with the IO manager's settings, closed whatever happens.
-    config = {"custom_user_agent": "dagster", **(resource_config.get("connection_config") or {})}
-    con = duckdb.connect(resource_config["database"], read_only=False, config=config)
-    try:
+def _connection(
+    resource_config: Mapping[str, Any], *, read_only: bool = False
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    # A connection with the IO manager's settings under the file's lock, closed whatever happens.
+    with duckdb_lock.connect(
+        resource_config["database"],
+        read_only=read_only,
+        config=resource_config.get("connection_config") or {},
+    ) as con:
         yield con
-    finally:
-        con.close()
 
 
 def partition_dimensions(
@@ -340,8 +354,26 @@ class CarryDuckDBIOManager(DuckDBIOManager):
         return pl.DataFrame
 
 
+class CarryDuckDBResource(DuckDBResource):
+    """`DuckDBResource` (resource key `duckdb`) whose connections hold the file's lock.
+
+    `get_connection()` is a writer (exclusive lock, for the connection's life only);
+    `get_connection(read_only=True)` a reader (shared lock, read-only connection). Keep a block
+    short: other processes' reads and writes of the file wait for it.
+    """
+
+    @contextmanager
+    def get_connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection under the lock (see the class docstring), closed at the end."""
+        with duckdb_lock.connect(
+            self.database, read_only=read_only, config=self.connection_config
+        ) as con:
+            yield con
+
+
 def read_table(database: str | Path, table: str, where: str | None = None) -> pl.DataFrame:
-    """Read a table (e.g. "raw.raw_funding_rates") from a DuckDB file, read-only, as polars.
+    """Read a table (e.g. "raw.raw_funding_rates") from a DuckDB file, read-only under its shared
+    lock (`duckdb_lock`), as polars.
 
     Args:
         database: path of the DuckDB file.
@@ -353,6 +385,6 @@ def read_table(database: str | Path, table: str, where: str | None = None) -> pl
     """
     if not Path(database).exists():
         raise FileNotFoundError(f"DuckDB file {database} does not exist; materialise the assets")
-    with duckdb.connect(str(database), read_only=True) as con:
+    with duckdb_lock.connect(database, read_only=True) as con:
         sql = f"select * from {table}" + (f" where {where}" if where else "")
         return utc_frame(con.sql(sql).pl())

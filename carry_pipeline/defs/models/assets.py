@@ -10,9 +10,13 @@ every training); the asset's own table `models.<asset>` holds this materialisati
 meta-controller reads the experts' folders from them). A fold that fails mid-training leaves its
 previous model folder as it was (atomic save) and adds no row.
 
-All of them share the `duckdb` pool: DuckDB allows one writing process, and the pool serialises
-the steps across runs and processes (so trainings of one box run one after another; see the README
-for running them on more machines).
+No pool: under Dagster's multiprocess executor the four experts of a fold train side by side,
+each step a process with its own pinned torch threads (`model_settings.threads`, default 1, so
+four trainings on a small box do not fight over its cores). Only their DuckDB accesses are
+serialised, by the file's lock (`lib/duckdb_lock.py`): reading the inputs (shared), appending each
+registry row and writing the asset's table (exclusive), each for that connection only. The
+meta-controller, which waits for all four, does the same. See the README ("Beyond one machine")
+for running them on more machines.
 """
 
 from collections.abc import Callable, Iterator
@@ -38,7 +42,6 @@ from carry_pipeline.lib.training.train import TrainingRecord, check_inputs, trai
 
 SCHEMA = "models"
 GROUP = "models"
-POOL = "duckdb"
 GATED = ("short_term", "long_term", "sentiment")
 UPSTREAM = {
     "market_bars": dg.AssetKey(["features", "market_bars"]),
@@ -140,7 +143,6 @@ def make_expert_asset(name: str) -> dg.AssetsDefinition:
         name=f"{name}_expert",
         key_prefix=SCHEMA,
         group_name=GROUP,
-        pool=POOL,
         ins={arg: dg.AssetIn(key=key) for arg, key in UPSTREAM.items()},
         kinds={"duckdb", "polars", "pytorch"},
         description=f"The {name} expert trained on each fold's train span and on the latest "
@@ -187,7 +189,6 @@ sentiment_expert = make_expert_asset("sentiment")
 @dg.asset(
     key_prefix=SCHEMA,
     group_name=GROUP,
-    pool=POOL,
     ins={
         **{arg: dg.AssetIn(key=key) for arg, key in UPSTREAM.items()},
         **{arg: dg.AssetIn(key=key) for arg, key in EXPERT_KEYS.items()},
