@@ -75,6 +75,9 @@ def main_job_config(data: Path) -> dict[str, Any]:
     for key, roots in webserver.run_roots(data).items():
         settings = copy.deepcopy(resources.get(key, {}).get("config", {}))
         resources[key] = {"config": {**settings, **SMALLEST_WINDOW.get(key, {}), **roots["config"]}}
+    # One process: this test is about launching through GraphQL; the multiprocess executor (the
+    # jobs' default) is run by tests/pipeline/test_postgres_instance.py and costs minutes more here.
+    config["execution"] = {"config": {"in_process": {}}}
     return dict(config)
 
 
