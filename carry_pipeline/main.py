@@ -1,5 +1,8 @@
 """The main run on the embedded default, offline: `make run` (`python -m carry_pipeline.main`).
 
+0. `python -m carry_env.warmup` in a background process: it compiles the env's numba kernels into
+   their cache (minutes on a fresh clone, under a second once cached) on the second core while
+   ingestion runs; the retrain waits for it before it starts, so the kernels compile once.
 1. `ingest_job` over the day x asset partitions of the window that the instance has not materialised
    yet (re-runs only add what is missing): one run per asset and contiguous missing range, from the
    seeded simulated exchange by default.
@@ -7,7 +10,9 @@
    (the quick-start folds, so that a few months of data suffice; the defaults need about a year):
    features, folds, statistics, training windows, the experts and the meta-controller of every
    fold (`models`), then the `reports` stage (walk-forward backtests, stress tests, the report and
-   the champion decision). The seconds of each stage are read back from the run's event log.
+   the champion decision). Each stage prints a line when it starts and when it ends (with its
+   seconds), and each step of it when it ends, as the run's events arrive. Models whose training
+   would repeat one in `models.registry` are reused, not retrained (`lib.training.reuse`).
 3. A paper session of a few simulated days: `champion_model_sensor` is evaluated against the
    instance and its run request (`paper_trading_job` on the champion) is executed with a bar
    limit; with no champion promoted, the session runs the funding-rule baseline instead, and says
@@ -24,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import time
+import uuid
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -185,6 +193,69 @@ def stage_of(step_key: str) -> str:
     return prefix if prefix in STAGES else "reports"
 
 
+RUN_ENDS = (dg.DagsterEventType.RUN_SUCCESS.value, dg.DagsterEventType.RUN_FAILURE.value)
+"""Event types that end a run (their values are still `PIPELINE_SUCCESS` / `PIPELINE_FAILURE`)."""
+
+
+class StageProgress:
+    """Prints a run's progress as its events arrive (an instance event listener): a line when a
+    stage starts, a line per step that ends (seconds, or FAILED), and a line when the stage ends
+    (when a step of another stage starts, or the run ends)."""
+
+    def __init__(self, write: Any = print) -> None:
+        self.write = write
+        self.stage: str | None = None
+        self.started: dict[str, float] = {}
+        self.stage_started = 0.0
+
+    def __call__(self, entry: Any) -> None:
+        """Handle one `EventLogEntry` of the run."""
+        event = entry.dagster_event
+        if event is None:
+            return
+        kind = event.event_type_value
+        if kind in RUN_ENDS:
+            self.close(entry.timestamp)
+            return
+        if entry.step_key is None:
+            return
+        stage = stage_of(entry.step_key)
+        if kind == "STEP_START":
+            if stage != self.stage:
+                self.close(entry.timestamp)
+                self.stage, self.stage_started = stage, entry.timestamp
+                self.write(f"    [{stage}] started", flush=True)
+            self.started[entry.step_key] = entry.timestamp
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE"):
+            took = entry.timestamp - self.started.get(entry.step_key, entry.timestamp)
+            outcome = "FAILED after" if kind == "STEP_FAILURE" else "done in"
+            self.write(f"    [{stage}] {entry.step_key} {outcome} {took:.1f} s", flush=True)
+
+    def close(self, at: float) -> None:
+        """End the current stage (if any) at time `at`."""
+        if self.stage is not None:
+            self.write(f"    [{self.stage}] ended ({at - self.stage_started:.0f} s)", flush=True)
+        self.stage = None
+
+
+def start_warmup() -> subprocess.Popen[bytes]:
+    """`python -m carry_env.warmup` in a background process (module docstring, step 0)."""
+    return subprocess.Popen([sys.executable, "-m", "carry_env.warmup"])
+
+
+def wait_for_warmup(process: subprocess.Popen[bytes]) -> None:
+    """Wait for the kernel warm-up; say so when it is still compiling, and when it failed (the
+    run then compiles the kernels itself)."""
+    if process.poll() is None:
+        print("    waiting for the numba kernel warm-up to finish ...", flush=True)
+    t = time.perf_counter()
+    code = process.wait()
+    if code != 0:
+        print(f"    the kernel warm-up exited with {code}; the run compiles them", flush=True)
+    elif time.perf_counter() - t > 1:
+        print(f"    warm-up done after {time.perf_counter() - t:.0f} s more", flush=True)
+
+
 def stage_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
     """Wall time per stage of a run: from its first step's start to its last step's end."""
     spans: dict[str, list[float]] = {}
@@ -223,7 +294,8 @@ def paper_session(defs: dg.Definitions, instance: dg.DagsterInstance, bars: int)
         why = error.message.strip() if error else f"see run {result.run_id}"
         return f"{note}: FAILED ({why.splitlines()[0][:300]})"
     [out] = [e for e in result.all_node_events if e.is_successful_output]
-    meta = {k: v.value for k, v in out.event_specific_data.metadata.items()}
+    data = out.step_output_data
+    meta = {k: v.value for k, v in data.metadata.items()}
     return (
         f"{note}: {meta['new_bars']} bars, equity {meta['equity']:,.2f}, P&L vs backtest "
         f"{meta['pnl_gap']:+.2%}, run {result.run_id}"
@@ -243,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("CARRY_ASSETS", args.assets)
     os.environ.setdefault("CARRY_START_DATE", args.start.isoformat())
     t0 = time.perf_counter()
+    warmup = start_warmup()
     from carry_pipeline.definitions import defs
     from carry_pipeline.defs.reports.resources import ReportSettings
     from carry_pipeline.lib.duckdb_io import default_database
@@ -264,9 +337,12 @@ def main(argv: list[str] | None = None) -> None:
             "report, champion",
             flush=True,
         )
+        wait_for_warmup(warmup)
         job = defs.resolve_job_def("retrain_job")
+        run_id = str(uuid.uuid4())
+        instance.add_event_listener(run_id, StageProgress())
         result = job.execute_in_process(
-            instance=instance, run_config=demo_run_config(), raise_on_error=True
+            instance=instance, run_config=demo_run_config(), run_id=run_id, raise_on_error=True
         )
         stages = stage_seconds(instance, result.run_id)
         seconds.update(stages)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import dagster as dg
 import pytest
 
 from carry_pipeline.definitions import defs
 from carry_pipeline.main import (
     QUICKSTART_FEATURES,
+    StageProgress,
     demo_run_config,
     ingest,
     missing_partitions,
@@ -63,3 +67,60 @@ def test_ingest_runs_only_missing_partitions(tmp_path, monkeypatch: pytest.Monke
         assert ingest(defs, instance, first, last, ["BTC"]) == 4
         assert len(instance.get_runs()) == 3
         assert missing_ranges(instance, raw, first, last, "BTC") == []
+
+
+def _entry(kind: str, step_key: str | None, at: float) -> Any:
+    event = SimpleNamespace(event_type_value=kind)
+    return SimpleNamespace(dagster_event=event, step_key=step_key, timestamp=at)
+
+
+def test_stage_progress_prints_stage_starts_step_ends_and_stage_ends() -> None:
+    lines: list[str] = []
+    progress = StageProgress(lambda line, flush=False: lines.append(line))
+    for kind, step, at in [
+        ("STEP_START", "features__market_bars", 0.0),
+        ("STEP_SUCCESS", "features__market_bars", 2.0),
+        ("STEP_START", "models__anomaly_expert", 3.0),
+        ("STEP_FAILURE", "models__anomaly_expert", 10.5),
+        (dg.DagsterEventType.RUN_FAILURE.value, None, 11.0),
+    ]:
+        progress(_entry(kind, step, at))
+    assert lines == [
+        "    [features] started",
+        "    [features] features__market_bars done in 2.0 s",
+        "    [features] ended (3 s)",  # closed when the next stage's first step starts
+        "    [models] started",
+        "    [models] models__anomaly_expert FAILED after 7.5 s",
+        "    [models] ended (8 s)",
+    ]
+
+
+def test_stage_progress_hears_a_real_run_as_it_happens() -> None:
+    import uuid
+
+    @dg.asset(key_prefix="features")
+    def bars() -> int:
+        return 1
+
+    @dg.asset(key_prefix="datasets", deps=[bars])
+    def folds() -> int:
+        return 2
+
+    job = dg.Definitions(
+        assets=[bars, folds],
+        jobs=[dg.define_asset_job("toy_job")],
+        resources={"io_manager": dg.InMemoryIOManager()},
+    ).resolve_job_def("toy_job")
+    lines: list[str] = []
+    with dg.DagsterInstance.ephemeral() as instance:
+        run_id = str(uuid.uuid4())
+        instance.add_event_listener(run_id, StageProgress(lambda s, flush=False: lines.append(s)))
+        assert job.execute_in_process(instance=instance, run_id=run_id).success
+    assert [line.split(" (")[0].split(" done in")[0] for line in lines] == [
+        "    [features] started",
+        "    [features] features__bars",
+        "    [features] ended",
+        "    [datasets] started",
+        "    [datasets] datasets__folds",
+        "    [datasets] ended",
+    ]

@@ -2,7 +2,9 @@
 `training_windows`.
 
 The training stage reads the fold boundaries, applies each fold's statistics (computed on that
-fold's train span only) and memory-maps the windows listed in `training_windows`.
+fold's train span only) and memory-maps the windows listed in `training_windows`. The windows are
+written once per content hash of their inputs: a re-run over unchanged features, statistics and
+folds reuses the folder already written (metadata `reused: true`) and writes nothing.
 """
 
 import dagster as dg
@@ -15,7 +17,11 @@ from carry_pipeline.lib.features.folds import make_walk_forward_folds
 from carry_pipeline.lib.features.normalisation import compute_normalisation_stats
 from carry_pipeline.lib.features.pipeline import combine_features, usable_span
 from carry_pipeline.lib.features.timeframes import parse_duration
-from carry_pipeline.lib.features.windows import write_training_windows
+from carry_pipeline.lib.features.windows import (
+    windows_exist,
+    windows_key,
+    write_training_windows,
+)
 
 SCHEMA = "datasets"
 GROUP = "datasets"
@@ -115,20 +121,26 @@ def training_windows(
     """Manifest of the normalised per-fold feature arrays written once as `.npy` under
     `feature_settings.windows_root`; open them with `lib.features.windows.open_windows`."""
     cfg = feature_settings.pipeline()
+    root = feature_settings.windows_root
     with failing_clearly():
+        features = combine_features(carry_features, sentiment_windows)
+        key = windows_key(features, normalisation_stats, walk_forward_folds, cfg.windows)
+        reused = windows_exist(root, key)
         manifest = write_training_windows(
-            combine_features(carry_features, sentiment_windows),
+            features,
             normalisation_stats,
             walk_forward_folds,
-            feature_settings.windows_root,
+            root,
             cfg.windows,
             bar=parse_duration(cfg.bars.bar),
         )
-    context.log.info(f"training windows in {feature_settings.windows_root}/{manifest['key'][0]}")
+    done = "reused (same inputs, nothing written)" if reused else "written"
+    context.log.info(f"training windows {done} in {root}/{key}")
     return dg.Output(
         manifest,
         metadata={
-            "key": manifest["key"][0],
+            "key": key,
+            "reused": reused,
             "folder": dg.MetadataValue.path(
                 f"{feature_settings.windows_root}/{manifest['key'][0]}"
             ),

@@ -10,6 +10,13 @@ every training); the asset's own table `models.<asset>` holds this materialisati
 meta-controller reads the experts' folders from them). A fold that fails mid-training leaves its
 previous model folder as it was (atomic save) and adds no row.
 
+Reuse (`lib.training.reuse`, on unless `model_settings.reuse` is false): a fold whose training
+would repeat one in `models.registry` (same spec, env config, seed, threads, device, profile,
+timesteps, train span and data hash; for the meta-controller also experts no newer than it) and
+whose model folder still holds that training is not retrained: its registry row goes into this
+materialisation's table as it is (`run_id` and `trained_at` of the run that trained it), nothing
+is appended to `models.registry`, and the metadata counts it under `reused`.
+
 No pool: under Dagster's multiprocess executor the four experts of a fold train side by side,
 each step a process with its own pinned torch threads (`model_settings.threads`, default 1, so
 four trainings on a small box do not fight over its cores). Only their DuckDB accesses are
@@ -21,6 +28,7 @@ for running them on more machines.
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +40,19 @@ from dagster_duckdb import DuckDBResource
 from carry_pipeline.defs.models.resources import ModelSettings
 from carry_pipeline.lib.training.meta import train_meta_controller
 from carry_pipeline.lib.training.registry import (
+    REGISTRY_SCHEMA,
     FoldData,
     append_registry,
     fold_inputs,
     market_data,
     registry_frame,
+)
+from carry_pipeline.lib.training.reuse import (
+    TrainingKey,
+    expert_key,
+    meta_key,
+    read_registry,
+    reusable_row,
 )
 from carry_pipeline.lib.training.train import TrainingRecord, check_inputs, train_expert
 
@@ -75,16 +91,46 @@ def _folds(settings: ModelSettings, inputs: dict[str, pl.DataFrame]) -> list[Fol
     )
 
 
+Reuse = Callable[[FoldData], dict[str, Any] | None]
+"""Per fold: the registry row of a saved model to reuse instead of training, or None."""
+
+
+def _reuse(
+    settings: ModelSettings,
+    duckdb: DuckDBResource,
+    key_of: Callable[[FoldData], TrainingKey],
+    not_before: Callable[[FoldData], datetime | None] = lambda _: None,
+) -> Reuse:
+    """Each fold's reusable registry row (`lib.training.reuse`); never one when reuse is off."""
+    if not settings.reuse:
+        return lambda _: None
+    with duckdb.get_connection() as con:
+        registry = read_registry(con)
+    return lambda data: reusable_row(registry, key_of(data), not_before=not_before(data))
+
+
 def _train_folds(
     context: AssetExecutionContext,
     duckdb: DuckDBResource,
     name: str,
     folds: list[FoldData],
     train_one: Callable[[FoldData], TrainingRecord],
+    reuse: Reuse,
 ) -> dg.Output[pl.DataFrame]:
-    """Train each fold, append its registry row, and return this run's rows with metadata."""
-    rows = []
+    """Train each fold (or reuse its saved model), append the registry rows of the trainings,
+    and return this run's rows with metadata."""
+    rows, reused = [], []
     for data in folds:
+        found = reuse(data)
+        if found is not None:
+            context.log.info(
+                f"{name}: fold {data.fold.fold} reuses {found['model_path']} (trained by run "
+                f"{found['run_id']} at {found['trained_at']:%Y-%m-%d %H:%M:%S} UTC on the same "
+                "spec, seed, threads and data); not retrained, no registry row added"
+            )
+            rows.append(pl.DataFrame([found], schema=REGISTRY_SCHEMA))
+            reused.append(data.fold.fold)
+            continue
         context.log.info(
             f"{name}: training fold {data.fold.fold}{' (latest window)' if data.is_latest else ''}"
             f" on {data.fold.train_start} .. {data.fold.train_end}, {data.market.n_bars} bars"
@@ -100,12 +146,14 @@ def _train_folds(
         )
         rows.append(row)
     frame = pl.concat(rows)
-    return dg.Output(frame, metadata=_metadata(frame))
+    return dg.Output(frame, metadata=_metadata(frame, reused))
 
 
-def _metadata(frame: pl.DataFrame) -> dict[str, Any]:
+def _metadata(frame: pl.DataFrame, reused: list[int]) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "trainings": frame.height,
+        "trainings": frame.height - len(reused),
+        "reused": len(reused),
+        "reused_folds": ", ".join(str(f) for f in reused) or "none",
         "timesteps": int(frame["timesteps"].sum()),
         "wall_seconds": float(frame["wall_seconds"].sum()),
         "mean_fps": float(frame["fps"].mean()),  # type: ignore[arg-type]
@@ -113,12 +161,13 @@ def _metadata(frame: pl.DataFrame) -> dict[str, Any]:
         "models": dg.MetadataValue.md(
             "\n".join(
                 [
-                    "| fold | latest | timesteps | wall s | val net carry | path |",
-                    "| --- | --- | --- | --- | --- | --- |",
+                    "| fold | latest | reused | timesteps | wall s | val net carry | path |",
+                    "| --- | --- | --- | --- | --- | --- | --- |",
                 ]
                 + [
-                    f"| {r['fold']} | {r['is_latest']} | {r['timesteps']} | "
-                    f"{r['wall_seconds']:.1f} | {r['val_net_carry']:.2f} | {r['model_path']} |"
+                    f"| {r['fold']} | {r['is_latest']} | {r['fold'] in reused} | "
+                    f"{r['timesteps']} | {r['wall_seconds']:.1f} | {r['val_net_carry']:.2f} | "
+                    f"{r['model_path']} |"
                     for r in frame.iter_rows(named=True)
                 ]
             )
@@ -129,6 +178,7 @@ def _metadata(frame: pl.DataFrame) -> dict[str, Any]:
         meta[f"{tag}_val_net_carry"] = float(r["val_net_carry"])
         meta[f"{tag}_val_max_drawdown"] = float(r["val_max_drawdown"])
         meta[f"{tag}_wall_seconds"] = float(r["wall_seconds"])
+        meta[f"{tag}_reused"] = r["fold"] in reused
     return meta
 
 
@@ -175,7 +225,13 @@ def make_expert_asset(name: str) -> dg.AssetsDefinition:
                 tensorboard_dir=_tensorboard(model_settings, name),
             )
 
-        return _train_folds(context, duckdb, name, folds, train_one)
+        def key_of(data: FoldData) -> TrainingKey:
+            return expert_key(
+                spec, data, profile=model_settings.profile, timesteps=model_settings.timesteps
+            )
+
+        reuse = _reuse(model_settings, duckdb, key_of)
+        return _train_folds(context, duckdb, name, folds, train_one, reuse)
 
     return _asset
 
@@ -230,7 +286,27 @@ def meta_controller(
             tensorboard_dir=_tensorboard(model_settings, spec.name),
         )
 
-    return _train_folds(context, duckdb, name, folds, train_one)
+    def key_of(data: FoldData) -> TrainingKey:
+        experts = paths[data.fold.fold]
+        return meta_key(
+            spec,
+            data,
+            {k: experts[k] for k in GATED},
+            experts["anomaly"],
+            profile=model_settings.profile,
+            timesteps=model_settings.timesteps,
+        )
+
+    def experts_trained(data: FoldData) -> datetime:
+        # A meta-controller older than one of its experts' models was trained over another one.
+        times: list[datetime] = [
+            inputs[arg].filter(pl.col("fold") == data.fold.fold)["trained_at"][0]
+            for arg in EXPERT_KEYS
+        ]
+        return max(times)
+
+    reuse = _reuse(model_settings, duckdb, key_of, experts_trained)
+    return _train_folds(context, duckdb, name, folds, train_one, reuse)
 
 
 def _expert_paths(inputs: dict[str, pl.DataFrame], fold: int) -> dict[str, str]:

@@ -45,6 +45,11 @@ class ModelSettings(dg.ConfigurableResource):
         description="Folds to train (walk_forward_folds.fold; the latest window is the last one); "
         "None trains every fold and the latest window.",
     )
+    reuse: bool = Field(
+        default=True,
+        description="Reuse a saved model instead of retraining when models.registry holds the "
+        "same training (spec, seed, threads, data hash; lib.training.reuse); false retrains all.",
+    )
     tensorboard: bool = Field(
         default=False, description="Write TensorBoard logs under tensorboard_root."
     )

@@ -152,7 +152,7 @@ def write_training_windows(
     """
     cfg = config or TrainingWindowsConfig()
     root = Path(root)
-    key = _content_key(features, stats, folds, cfg)
+    key = windows_key(features, stats, folds, cfg)
     target = root / key
     manifest_path = target / "manifest.parquet"
     if manifest_path.exists():
@@ -211,6 +211,11 @@ def write_training_windows(
     return _read_manifest(manifest_path)
 
 
+def windows_exist(root: str | Path, key: str) -> bool:
+    """Whether `<root>/<key>/` holds a complete set of windows (its manifest is written last)."""
+    return (Path(root) / key / "manifest.parquet").is_file()
+
+
 def open_windows(row: dict) -> tuple[np.ndarray, np.ndarray]:
     """Memory-map one manifest row's array and return its windows without copying.
 
@@ -229,9 +234,15 @@ def open_windows(row: dict) -> tuple[np.ndarray, np.ndarray]:
     return windows, ts[first:]
 
 
-def _content_key(
-    features: pl.DataFrame, stats: pl.DataFrame, folds: pl.DataFrame, cfg: TrainingWindowsConfig
+def windows_key(
+    features: pl.DataFrame,
+    stats: pl.DataFrame,
+    folds: pl.DataFrame,
+    cfg: TrainingWindowsConfig | None = None,
 ) -> str:
+    """The folder name `write_training_windows` writes these inputs under: a hash of the
+    features (row by row, in order), the statistics, the folds and the settings."""
+    cfg = cfg or TrainingWindowsConfig()
     digest = hashlib.sha256()
     digest.update(json.dumps(asdict(cfg), sort_keys=True).encode())
     digest.update(json.dumps(features.columns).encode())

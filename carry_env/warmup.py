@@ -1,0 +1,64 @@
+"""Compile carry_env's numba kernels into their on-disk cache ahead of first use.
+
+`python -m carry_env.warmup` steps the batched env, its discrete form (action masks) and the
+single env on two days of the simulated market, reads the planned orders (what the paper trader's
+executor fills) and prices one leg (`kernel.leg_costs`, which the buy-and-hold baseline calls), so
+every `cache=True` kernel that training, backtests and paper trading call is compiled once and
+written to `carry_env/__pycache__`; later processes load the machine code instead of compiling. A
+fresh clone has no cache: `make run` (`carry_pipeline.main`) starts this in a background process
+at its start, so the compile runs on the second core while ingestion runs on the first.
+
+Kernels are compiled per argument types, and the arrays here have the dtypes the pipeline passes
+(float64 market and state arrays, float32 actions), so the entries match; a process that needs a
+kernel before the warm-up has written it compiles it itself, as it would without the warm-up.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from carry_env import kernel
+from carry_env.config import EnvConfig
+from carry_env.discrete import CarryTradeDiscreteVectorEnv
+from carry_env.env import CarryTradeEnv
+from carry_env.market import MarketData
+from carry_env.synthetic import simulate_market
+from carry_env.vector import CarryTradeVectorEnv
+
+STEPS = 8
+"""Steps of each env: enough to trade, settle funding and hit the rebalance band."""
+
+
+def warm(steps: int = STEPS) -> float:
+    """Compile (or load) every cached kernel; return the seconds it took."""
+    t0 = time.perf_counter()
+    market = MarketData.from_frame(simulate_market(start="2024-01-01", end="2024-01-03"))
+    config = EnvConfig(random_start=True, episode_length=steps * 2)
+    actions = np.linspace(-1.0, 1.0, market.n_symbols, dtype=np.float32)
+    vec = CarryTradeVectorEnv(market, config, num_envs=2)
+    vec.reset(seed=0)
+    for i in range(steps):
+        vec.step(np.stack([actions * (-1) ** i, -actions]))
+    vec.engine.orders()  # the quotes of an injected executor (the paper trader's)
+    discrete = CarryTradeDiscreteVectorEnv(market, config, num_envs=2)
+    discrete.reset(seed=0)
+    for _ in range(steps):
+        mask = discrete.action_masks()
+        discrete.step(np.argmax(mask, axis=1))
+    single = CarryTradeEnv(market, config)
+    single.reset(seed=0)
+    for i in range(steps):
+        single.step(actions * (-1) ** i)
+    kernel.leg_costs(1_000.0, 1e6, 1.0, 0.0, 5e-4, single.engine.cfg)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    """Warm the cache and say how long it took."""
+    print(f"carry_env kernels compiled or loaded in {warm():.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
