@@ -223,7 +223,7 @@ def paper_session(defs: dg.Definitions, instance: dg.DagsterInstance, bars: int)
         why = error.message.strip() if error else f"see run {result.run_id}"
         return f"{note}: FAILED ({why.splitlines()[0][:300]})"
     [out] = [e for e in result.all_node_events if e.is_successful_output]
-    meta = {k: v.value for k, v in out.event_specific_data.metadata.items()}
+    meta = {k: v.value for k, v in out.step_output_data.metadata.items()}
     return (
         f"{note}: {meta['new_bars']} bars, equity {meta['equity']:,.2f}, P&L vs backtest "
         f"{meta['pnl_gap']:+.2%}, run {result.run_id}"
