@@ -119,8 +119,11 @@ class CarryTradeDiscreteEnv(CarryTradeEnv):
         super().__init__(market, config, feed=feed, executor=executor, render_mode=render_mode)
         self.size_buckets = tuple(float(x) for x in size_buckets)
         self._weights = weights
-        self.action_space = spaces.Discrete(1 + self.market.n_symbols * weights.shape[0])
-        self._mask_buf = np.zeros((1, int(self.action_space.n)), dtype=np.bool_)
+        action_space = spaces.Discrete(1 + self.market.n_symbols * weights.shape[0])
+        # One discrete choice replaces the base env's Box action: CarryTradeEnv is declared
+        # gym.Env[np.ndarray, np.ndarray], and this subclass narrows the action type on purpose.
+        self.action_space = action_space  # type: ignore[assignment]
+        self._mask_buf = np.zeros((1, int(action_space.n)), dtype=np.bool_)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Map the choice to per-asset weights (the unchosen assets hold) and step."""

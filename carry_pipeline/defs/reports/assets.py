@@ -389,6 +389,7 @@ def champion_model(
     run_id = context.run.run_id
     with duckdb.get_connection() as con:
         previous = current_champion(con)
+        champion: dict[str, Any] | None
         if decision.promote:
             fold_rows = backtest_metrics.filter(
                 (pl.col("aggregate") == "fold") & (pl.col("policy") == CANDIDATE)

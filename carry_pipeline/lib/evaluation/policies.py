@@ -64,7 +64,7 @@ def baseline_policies() -> dict[str, Policy]:
 
 def _shapes(space: Any) -> Any:
     if isinstance(space, spaces.Dict):
-        return {key: tuple(sub.shape) for key, sub in space.spaces.items()}
+        return {key: sub.shape for key, sub in space.spaces.items()}
     return tuple(space.shape)
 
 

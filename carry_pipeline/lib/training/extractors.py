@@ -19,6 +19,14 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 
+def _box_shape(observation_space: spaces.Dict, key: str) -> tuple[int, ...]:
+    """The shape of the Box entry `key` of an expert's Dict space."""
+    space = observation_space[key]
+    if not isinstance(space, spaces.Box):
+        raise TypeError(f"observation_space[{key!r}] is a {type(space).__name__}; expected a Box")
+    return space.shape
+
+
 class CrossAssetExtractor(BaseFeaturesExtractor):
     """Shared per-asset encoder, attention across assets, pooled (see the module docstring).
 
@@ -36,9 +44,9 @@ class CrossAssetExtractor(BaseFeaturesExtractor):
         attention_heads: int = 2,
         global_dim: int = 16,
     ) -> None:
-        n, r, f = observation_space["window"].shape
-        fa = observation_space["asset"].shape[1]
-        g = observation_space["global"].shape[0]
+        n, r, f = _box_shape(observation_space, "window")
+        fa = _box_shape(observation_space, "asset")[1]
+        g = _box_shape(observation_space, "global")[0]
         if embed_dim % attention_heads:
             raise ValueError(
                 f"embed_dim={embed_dim} is not divisible by attention_heads={attention_heads}"

@@ -58,6 +58,7 @@ from carry_env.market import MarketData
 from carry_pipeline.lib.training.observation import (
     ObservationBuilder,
     WindowSet,
+    array_observation,
     base_vector_env,
     current_bars,
 )
@@ -419,7 +420,7 @@ class MetaVecEnv(VecEnvWrapper):
 
     def reset(self) -> np.ndarray:
         """Reset the envs and the running statistics; the first meta observations."""
-        self._raw = self.venv.reset()
+        self._raw = array_observation(self.venv.reset(), "MetaVecEnv.reset")
         self.core.reset_envs(np.ones(self.num_envs, dtype=bool))
         return self.core.observe(self._raw, current_bars(self._base))
 
@@ -431,6 +432,9 @@ class MetaVecEnv(VecEnvWrapper):
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
         """Step; a finished env's `terminal_observation` is its meta observation at that bar."""
         raw, rew, dones, infos = self.venv.step_wait()
+        raw = array_observation(raw, "MetaVecEnv.step_wait")
+        if self._bars is None:
+            raise RuntimeError("MetaVecEnv.step_wait is called before step_async()")
         shaped = self.core.feedback(self._bars, rew).astype(np.float32)
         done = np.flatnonzero(dones)
         if done.size:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 
 from carry_env import kernel as k
 from carry_env.engine import ASSET_MARKET_NAMES, ASSET_PORTFOLIO_NAMES, GLOBAL_NAMES
@@ -254,9 +255,24 @@ def _feature_indices(
     return np.array(idx, dtype=np.int64)
 
 
-def current_bars(venv: VecEnv) -> np.ndarray:
+def current_bars(venv: Any) -> np.ndarray:
     """Bar index of each env's current observation in a (wrapped) `CarryTradeVectorEnv`."""
     return base_vector_env(venv).engine.is_[:, k.I_T].copy()
+
+
+def array_observation(obs: VecEnvObs, where: str) -> np.ndarray:
+    """`obs` as the `(B, D)` array a wrapped `CarryTradeVectorEnv` returns (SB3 types a `VecEnv`'s
+    observations as array, dict or tuple).
+
+    Raises:
+        TypeError: naming `where`, when the wrapped env returned a dict or tuple.
+    """
+    if not isinstance(obs, np.ndarray):
+        raise TypeError(
+            f"{where}: the wrapped env returned {type(obs).__name__} observations; expected the "
+            "(B, D) array of a CarryTradeVectorEnv"
+        )
+    return obs
 
 
 def base_vector_env(venv: Any) -> Any:
@@ -321,23 +337,26 @@ class ExpertVecEnv(VecEnvWrapper):
 
     def reset(self) -> dict[str, np.ndarray]:
         """Reset the envs and return the first Dict observations."""
-        self._raw = self.venv.reset()
+        self._raw = array_observation(self.venv.reset(), "ExpertVecEnv.reset")
         return self.builder.build(self._raw, current_bars(self._base))
 
     def step_async(self, actions: np.ndarray) -> None:
         """Map the actions (see the class docstring) and pass them on."""
         self._prev_bars = current_bars(self._base)
         self.venv.step_async(
-            map_actions(self.output, actions, self._raw, self._base.observation_names)
+            map_actions(self.output, actions, self.raw_observation, self._base.observation_names)
         )
 
     def step_wait(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[dict]]:
         """Step; a finished env's `terminal_observation` is built at the bar its episode ended."""
         raw, rew, dones, infos = self.venv.step_wait()
+        raw = array_observation(raw, "ExpertVecEnv.step_wait")
         self._raw = raw
         obs = self.builder.build(raw, current_bars(self._base))
         done = np.flatnonzero(dones)
         if done.size:
+            if self._prev_bars is None:
+                raise RuntimeError("ExpertVecEnv.step_wait is called before step_async()")
             final_raw = np.stack([infos[b]["terminal_observation"] for b in done])
             # Every step advances the clock by exactly one bar.
             final = self.builder.build(final_raw, self._prev_bars[done] + 1)

@@ -25,7 +25,7 @@ from carry_env.config import EnvConfig
 from carry_pipeline.lib.training.observation import exposure_multiplier
 from carry_pipeline.lib.training.specs import ExpertSpec
 
-ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {
+ALGORITHM_CLASSES: dict[str, type[PPO] | type[RecurrentPPO] | type[MaskablePPO]] = {
     "PPO": PPO,
     "RecurrentPPO": RecurrentPPO,
     "MaskablePPO": MaskablePPO,
@@ -76,7 +76,10 @@ def eval_predict(model: BaseAlgorithm, obs: Any, deterministic: bool = True) -> 
     obs_tensor, vectorized = policy.obs_to_tensor(obs)
     with torch.no_grad():
         actions = policy._predict(obs_tensor, deterministic=deterministic)
-    out = actions.cpu().numpy().reshape((-1, *policy.action_space.shape))
+    shape = policy.action_space.shape
+    if shape is None:
+        raise TypeError(f"{type(policy.action_space).__name__} action space has no shape")
+    out = actions.cpu().numpy().reshape((-1, *shape))
     if isinstance(policy.action_space, spaces.Box):
         if policy.squash_output:
             out = policy.unscale_action(out)
@@ -123,6 +126,11 @@ class ExpertPolicy:
                 obs, state=state, episode_start=starts, deterministic=deterministic
             )
         elif self.spec.algorithm == "MaskablePPO":
+            if not isinstance(self.model, MaskablePPO):
+                raise TypeError(
+                    f"expert {self.spec.name!r} is a MaskablePPO spec with a "
+                    f"{type(self.model).__name__} model"
+                )
             action, state = self.model.predict(
                 obs, action_masks=action_masks, deterministic=deterministic
             )

@@ -18,7 +18,7 @@ from typing import Any
 from carry_env.config import EnvConfig
 from carry_pipeline.lib.training.extractors import EXTRACTORS
 from carry_pipeline.lib.training.imitation import WarmStart
-from carry_pipeline.lib.training.observation import ObservationSpec
+from carry_pipeline.lib.training.observation import ObservationSpec, Output
 
 ALGORITHMS = ("PPO", "RecurrentPPO", "MaskablePPO")
 OUTPUTS = ("weights", "exposure")
@@ -34,7 +34,7 @@ class ExpertSpec:
     algorithm: str = "PPO"
     """`PPO`, `RecurrentPPO` (sb3-contrib, LSTM) or `MaskablePPO` (sb3-contrib, the discrete masked
     env `CarryTradeDiscreteVectorEnv`)."""
-    output: str = "weights"
+    output: Output = "weights"
     """`weights`: the action is the env's weight per asset. `exposure`: a multiplier in [0, 1] per
     asset that scales a reference book (`observation.ExpertVecEnv`)."""
     extractor: str = "cross_asset"

@@ -122,6 +122,8 @@ class ProgressCallback(BaseCallback):
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:
             self._next += self.every
+            if self.model.ep_info_buffer is None:
+                raise RuntimeError(f"{self.expert}: ProgressCallback runs outside model.learn()")
             rewards = [ep["r"] for ep in self.model.ep_info_buffer]
             mean = float(np.mean(rewards)) if rewards else float("nan")
             fps = self.num_timesteps / max(time.perf_counter() - self._t0, 1e-9)
@@ -207,7 +209,7 @@ def train_expert(
             config,
             start=split,
             end=market.n_bars - 1,
-            output=spec.output,  # type: ignore[arg-type]
+            output=spec.output,
             discrete=spec.algorithm == "MaskablePPO",
             seed=spec.seed,
         )
@@ -374,7 +376,7 @@ def _learn(
         spec.observation,
         config,
         spec.n_envs,
-        output=spec.output,  # type: ignore[arg-type]
+        output=spec.output,
         discrete=spec.algorithm == "MaskablePPO",
     )
     vec = VecMonitor(env)
