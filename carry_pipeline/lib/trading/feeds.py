@@ -189,6 +189,48 @@ def load_sentiment_scores(database: str | Path, start: datetime) -> pl.DataFrame
     )
 
 
+def check_stored_sentiment(database: str | Path, market: MarketData, atol: float = 1e-9) -> int:
+    """Compare `market`'s `f_sent_` features with `features.sentiment_windows` (what the champion's
+    training windows were built from) on the bars both hold outside the stored warm-up; the
+    number of bars compared (0 when the table is missing).
+
+    Raises:
+        ValueError: a feature differs by more than `atol` (the stored windows were built with
+            other `sentiment_*` settings than the feed's defaults, or from other scores), naming
+            the feature and the first bar.
+    """
+    names = [n for n in market.feature_names if n.startswith("f_sent_")]
+    con = duckdb.connect(str(database), read_only=True)
+    try:
+        cols = ", ".join(names)
+        stored = pl.from_arrow(
+            con.sql(
+                f"select epoch_ns(ts) as ts_ns, {cols} from features.sentiment_windows "
+                "where not warmup order by ts"
+            ).to_arrow_table()
+        )
+    except duckdb.CatalogException:
+        return 0
+    finally:
+        con.close()
+    assert isinstance(stored, pl.DataFrame)
+    ts = market.ts.astype(np.int64)
+    stored = stored.filter(pl.col("ts_ns").is_in(ts.tolist()))
+    rows = np.searchsorted(ts, stored["ts_ns"].to_numpy())
+    for name in names:
+        live = market.features[rows, 0, list(market.feature_names).index(name)]
+        bad = np.flatnonzero(~np.isclose(live, stored[name].to_numpy(), rtol=0.0, atol=atol))
+        if bad.size:
+            when = datetime.fromtimestamp(int(ts[rows[bad[0]]]) / 1e9, tz=UTC)
+            raise ValueError(
+                f"{database}: {name} at {when} is {live[bad[0]]!r} on the live feed, "
+                f"{stored[name][int(bad[0])]!r} in features.sentiment_windows ({bad.size} bars "
+                "differ): the stored windows were built with other sentiment_* settings than "
+                "the feed's defaults, or from other scores"
+            )
+    return stored.height
+
+
 class SimulatedFeed(ReplayFeed):
     """`ReplayFeed` of the simulated exchange's market that tracks the paper clock.
 
@@ -475,7 +517,9 @@ def ccxt_feed(
     """An `ExchangeFeed` on a key-less `CcxtExchange`, warmed up from the DuckDB raw history
     `[history_start, now)` (`load_raw_history`), and the venue's live books at the feed's clock.
     With `sentiment`, the `features.sentiment_scores` published from `SENTIMENT_HISTORY` before
-    `history_start` on are carried forward into the `f_sent_` features (module docstring).
+    `history_start` on are carried forward into the `f_sent_` features (module docstring), which
+    must equal the stored `features.sentiment_windows` where both have bars
+    (`check_stored_sentiment`).
 
     The client holds no key, so only public endpoints can answer; it is never the live
     executor's client. The history's start fixes the bar index of every bar: a session resumed
@@ -483,7 +527,7 @@ def ccxt_feed(
 
     Raises:
         ValueError: no history for an asset, history from another venue or of another kline size,
-            or (with `sentiment`) no stored sentiment scores.
+            or (with `sentiment`) no stored sentiment scores or windows that differ from them.
         PermanentExchangeError: an exchange id ccxt does not know.
     """
     raw_tf = raw_timeframe or bars.bar
@@ -503,6 +547,8 @@ def ccxt_feed(
     feed = ExchangeFeed(
         exchange, bases, history, clock, bars, carry, settle_s, max_wait_bars, raw_tf, scores
     )
+    if sentiment:
+        check_stored_sentiment(database, feed.market)
     return feed, SimulatedExchangeBooks(exchange, clock.now)
 
 

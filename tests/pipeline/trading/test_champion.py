@@ -22,7 +22,7 @@ from carry_pipeline.lib.exchanges import SimulatedExchange
 from carry_pipeline.lib.features.bars import build_market_bars
 from carry_pipeline.lib.features.carry import build_carry_features
 from carry_pipeline.lib.features.normalisation import compute_normalisation_stats
-from carry_pipeline.lib.features.sentiment import build_sentiment_windows
+from carry_pipeline.lib.features.sentiment import SentimentWindowsConfig, build_sentiment_windows
 from carry_pipeline.lib.features.windows import (
     MANIFEST_SCHEMA,
     TrainingWindowsConfig,
@@ -41,6 +41,7 @@ from carry_pipeline.lib.trading.feeds import (
     SENTIMENT_HISTORY,
     ExchangeFeed,
     VirtualClock,
+    check_stored_sentiment,
     fetch_raw,
     load_raw_history,
     load_sentiment_scores,
@@ -234,6 +235,30 @@ def test_live_sentiment_is_the_last_stored_score_carried_forward(tmp_path: Path)
     )
     for name, values in col.items():
         np.testing.assert_array_equal(values, pipeline[name].to_numpy(), err_msg=name)
+
+
+def test_stored_sentiment_windows_of_other_settings_are_refused(tmp_path: Path) -> None:
+    # features.sentiment_windows as the pipeline stored it: equal to the live feed's f_sent_
+    # features on the bars both hold; built with a 3-day z-score window instead, refused by name.
+    db = tmp_path / "carry.duckdb"
+    write_raw(db, fetch_raw(SimulatedExchange(seed=0, clock=lambda: CUT), BASES, "1h", START, CUT))
+    _store_scores(db, _scores(CUT))
+    scores = load_sentiment_scores(db, START - SENTIMENT_HISTORY)
+    feed = _feed(db, sentiment=scores)
+    raw = feed.raw
+    grid = build_market_bars(raw["spot"], raw["perp"], raw["funding"], None, BARS)["ts"]
+    pipeline_history = scores.filter(pl.col("published_at") >= START - timedelta(days=7))
+    for config, ok in ((None, True), (SentimentWindowsConfig(zscore_window="3d"), False)):
+        windows = build_sentiment_windows(pipeline_history, grid, config)  # noqa: F841
+        with duckdb.connect(str(db)) as con:
+            con.execute(
+                "create or replace table features.sentiment_windows as select * from windows"
+            )
+        if ok:
+            assert check_stored_sentiment(db, feed.market) == feed.market.n_bars
+        else:
+            with pytest.raises(ValueError, match="f_sent_z at 2024-01-11 .* other sentiment_"):
+                check_stored_sentiment(db, feed.market)
 
 
 def test_missing_stored_sentiment_is_named(tmp_path: Path) -> None:

@@ -241,7 +241,7 @@ def _live_champion_run(
     config = {"session_id": session, "policy": "champion", "database": str(database),
               "start": START.date().isoformat(), "higher_timeframes": list(HIGHER),
               "max_bars": 4, "feed": feed, "report_dir": str(tmp_path / "reports"),
-              "risk": {"max_leverage": 5.0, "sentiment_alert_hours": 31.5}}  # fmt: skip
+              "risk": {"max_leverage": 5.0, "sentiment_alert_hours": 2.5}}  # fmt: skip
     clock = VirtualClock(START + timedelta(days=DAYS, seconds=2))
     result = paper_trading_job.execute_in_process(
         run_config={"ops": {"paper_session": {"config": config}}},
@@ -264,7 +264,8 @@ def test_champion_on_the_ccxt_feed_sees_the_pipelines_observations(
     # equals, bit for bit, the one built from the pipeline's own training_windows (written by
     # write_training_windows over features computed once over the whole history, with the
     # statistics saved beside the champion) and the backtest env's observation of the same bars.
-    # Sentiment is the stored scores carried forward: stale past 31.5 h at the third bar, alerted.
+    # Sentiment is the stored scores carried forward (and agrees with the stored
+    # sentiment_windows): 3 h old at the third bar, past a 2.5 h threshold, alerted there.
     # A later bar's kline moved by 3 % leaves every earlier observation unchanged.
     database, model_path = champion_store
     cut = START + timedelta(days=DAYS)
@@ -274,9 +275,11 @@ def test_champion_on_the_ccxt_feed_sees_the_pipelines_observations(
     try:
         client = CcxtExchange(api_url=stub.url, max_retries=0, clock=lambda: cut)
         write_raw(database, fetch_raw(client, ("BTC", "ETH"), "1h", START, cut))
+        # The scores features.sentiment_windows was built from (the last published an hour
+        # before the first bar), as sentiment_scores stores them.
         scores = SimulatedExchange(seed=1, clock=lambda: cut).fetch_sentiment(
-            START - SENTIMENT_HISTORY, cut - timedelta(hours=30, minutes=-1)
-        )  # the last score published 30 h before the first bar
+            START - SENTIMENT_HISTORY, cut
+        )
         with duckdb.connect(str(database)) as con:
             con.execute("create or replace table features.sentiment_scores as select * from scores")
         seen: list[Any] = []
