@@ -14,7 +14,10 @@ figures and the plot as the output's metadata (the `paper_trading_report`: metad
 asset, because a report belongs to one session run).
 Policies: `rule` (the funding-sign rule, `FundingRulePolicy`), `champion` (the last row of
 `models.champion`) or a saved meta-controller folder; both of the latter run through
-`lib/trading/champion.py` on paper windows built for the feed's bars.
+`lib/trading/champion.py` on paper windows built for the feed's bars, which grow with the ccxt
+feed's bars. A champion whose windows hold `f_sent_` features gets them from the simulated
+exchange's sentiment index on the simulated feed, and from the stored `features.sentiment_scores`
+carried forward on the ccxt feed (`lib/trading/feeds.py`).
 """
 
 import base64
@@ -178,7 +181,7 @@ def _needs_sentiment(source: ChampionSource | None, database: str) -> bool:
     if source is None:
         return False
     try:
-        features = window_settings(database, source.fold).features
+        features = window_settings(database, source.fold, source.model_path).features
     except ChampionError as exc:
         raise dg.Failure(description=f"champion: {exc}", allow_retries=False) from exc
     return any(f.startswith("f_sent_") for f in features)
@@ -216,15 +219,6 @@ def _feed(
             sentiment=_needs_sentiment(source, database),
         )
         return feed, SimulatedExchangeBooks(snapshots, feed.now)
-    if source is not None:
-        # The champion's windows are built once over the bars known at the start; the live
-        # feed's market grows bar by bar past them.
-        raise dg.Failure(
-            description=f"policy {config.policy!r} on the ccxt feed: the champion's paper "
-            "windows are built over the bars known at the start and do not grow with a live "
-            "feed yet; run the ccxt feed with policy: rule",
-            allow_retries=False,
-        )
     try:
         return ccxt_feed(
             database,
@@ -241,6 +235,7 @@ def _feed(
             max_retries=f.max_retries,
             settle_s=f.settle_s,
             max_wait_bars=f.max_wait_bars,
+            sentiment=_needs_sentiment(source, database),
         )
     except (ValueError, PermanentExchangeError) as exc:
         raise dg.Failure(description=f"ccxt feed: {exc}", allow_retries=False) from exc

@@ -3,12 +3,22 @@
 A saved meta-controller acts on windows of normalised features (`WindowSet`), which the pipeline
 builds only for the spans it trained and tested on. A paper session trades later bars, so it gets
 windows of its own, built here with the pipeline's window function (`fold_tensor`, the `test`
-segment logic) over the paper feed's own feature values, normalised with the champion fold's
-statistics from `datasets.normalisation_stats`, with that fold's lookback, method and clip from
-its `datasets.training_windows` row. The window at a bar ends at the latest bar at or before it
-(`window_index`), and every value in it was computed from data stamped at or before that bar: no
-look-ahead. The first `lookback - 1` bars of a session have no complete window; the models see
-zeros and `window_valid = 0` there, as training saw on such bars.
+segment logic) over the paper feed's own feature values, normalised with the statistics the
+champion was trained with (`normalisation_stats.parquet` saved beside the model; for a folder
+without one, its fold's rows of `datasets.normalisation_stats`), with that fold's lookback, method
+and clip from its `datasets.training_windows` row. The window at a bar ends at the latest bar at
+or before it (`window_index`), and every value in it was computed from data stamped at or before
+that bar: no look-ahead. The first `lookback - 1` bars of a session have no complete window; the
+models see zeros and `window_valid = 0` there, as training saw on such bars.
+
+Live feeds: the env of a live session trades a market that grows by a bar at each step
+(`env.engine.market`; `env.market` stays the market it opened with). Before each decision
+`ChampionPolicy` checks whether the engine's market has bars its windows do not cover; if so it
+appends their rows (`grow_windows`: the same `fold_tensor` over the new bars and the `lookback - 1`
+bars before them, with the same statistics) and rebuilds the meta-controller's gathers over the
+grown windows, carrying its state (the experts' LSTM states, running statistics, usage) across.
+So the observation at a live bar is the one the pipeline computes for that bar once its raw rows
+are ingested.
 
 The paper feed must carry exactly the champion's window features; a missing or extra feature, other
 symbols, or a model whose observation space differs is a `ChampionError` naming what and where.
@@ -31,7 +41,10 @@ from carry_env.market import MarketData
 from carry_pipeline.lib.duckdb_io import utc_frame
 from carry_pipeline.lib.evaluation.policies import MetaBacktestPolicy, load_meta_policy
 from carry_pipeline.lib.features.windows import TrainingWindowsConfig, fold_tensor
-from carry_pipeline.lib.training.observation import WindowSet
+from carry_pipeline.lib.training.observation import US_PER_NS, WindowSet
+
+SAVED_STATS = "normalisation_stats.parquet"
+"""The fold's statistics `train.save_expert` writes beside every model."""
 
 
 class ChampionError(ValueError):
@@ -114,20 +127,30 @@ def model_folder_source(database: str, model_path: str) -> ChampionSource:
 
 @dataclass(frozen=True)
 class WindowSettings:
-    """The champion fold's window shape and normalisation (its `training_windows` train row)."""
+    """The champion fold's window shape and normalisation (its `training_windows` train row).
+
+    Attributes:
+        stats_source: where `stats` came from: the model folder's `normalisation_stats.parquet`
+            or `datasets.normalisation_stats`.
+    """
 
     fold: int
     config: TrainingWindowsConfig
     symbols: tuple[str, ...]
     features: tuple[str, ...]
     stats: pl.DataFrame
+    stats_source: str = "datasets.normalisation_stats"
 
 
-def window_settings(database: str, fold: int) -> WindowSettings:
-    """The fold's `datasets.training_windows` train row and its `datasets.normalisation_stats`.
+def window_settings(database: str, fold: int, model_path: str | None = None) -> WindowSettings:
+    """The fold's `datasets.training_windows` train row and the statistics the model was trained
+    with: `<model_path>/normalisation_stats.parquet` when the folder holds one (a later run may
+    have rewritten `datasets.normalisation_stats` for the same fold number), else the fold's rows
+    of `datasets.normalisation_stats`.
 
     Raises:
-        ChampionError: a table is missing, or holds no row for the fold.
+        ChampionError: a table is missing, holds no row for the fold, or the statistics lack a
+            feature of the fold's windows.
     """
     manifest = _query(
         database,
@@ -141,23 +164,38 @@ def window_settings(database: str, fold: int) -> WindowSettings:
             f"{database}: datasets.training_windows has {manifest.height} train rows for fold "
             f"{fold}, expected 1"
         )
-    stats = _query(
-        database,
-        "select * from datasets.normalisation_stats where fold = ?",
-        [fold],
-        "datasets.normalisation_stats",
-        "datasets/normalisation_stats",
-    )
+    saved = Path(model_path) / SAVED_STATS if model_path else None
+    if saved is not None and saved.is_file():
+        stats, source = pl.read_parquet(saved).filter(pl.col("fold") == fold), str(saved)
+    else:
+        source = "datasets.normalisation_stats"
+        stats = _query(
+            database,
+            "select * from datasets.normalisation_stats where fold = ?",
+            [fold],
+            source,
+            "datasets/normalisation_stats",
+        )
     if stats.height == 0:
-        raise ChampionError(f"{database}: datasets.normalisation_stats has no rows for fold {fold}")
+        raise ChampionError(f"{database}: {source} has no rows for fold {fold}")
     r = manifest.row(0, named=True)
     config = TrainingWindowsConfig(lookback=int(r["lookback"]), method=r["method"], clip=r["clip"])
     symbols, features = tuple(json.loads(r["symbols"])), tuple(json.loads(r["features"]))
-    return WindowSettings(fold, config, symbols, features, stats)
+    lacking = sorted(set(features) - set(stats["feature"].to_list()))
+    if lacking:
+        raise ChampionError(
+            f"{source} (fold {fold}) has no statistics for {lacking}, features of the fold's "
+            "datasets.training_windows row: the windows were rebuilt with other features since "
+            "the model was trained"
+        )
+    return WindowSettings(fold, config, symbols, features, stats, source)
 
 
-def feature_frame(market: MarketData, features: tuple[str, ...]) -> pl.DataFrame:
-    """`ts`, `symbol`, `warmup` (False) and the `features` columns, in that order, of `market`.
+def feature_frame(
+    market: MarketData, features: tuple[str, ...], first_bar: int = 0
+) -> pl.DataFrame:
+    """`ts`, `symbol`, `warmup` (False) and the `features` columns, in that order, of `market`'s
+    bars from `first_bar` on.
 
     Raises:
         ChampionError: the market lacks a feature, or has one the champion was not trained on.
@@ -169,10 +207,11 @@ def feature_frame(market: MarketData, features: tuple[str, ...]) -> pl.DataFrame
             f"observation mismatch: the champion's windows have features missing from the paper "
             f"feed {missing} and the feed has features the champion never saw {extra}"
         )
-    n_t, n_s = market.n_bars, market.n_symbols
+    bar_ts = market.ts[first_bar:].astype(np.int64)
+    n_t, n_s = bar_ts.size, market.n_symbols
     idx = [market.feature_names.index(f) for f in features]
-    values = market.features[:, :, idx].reshape(n_t * n_s, len(idx))
-    ts = pl.Series("ts", np.repeat(market.ts.astype(np.int64), n_s)).cast(pl.Datetime("ns"))
+    values = market.features[first_bar:, :, idx].reshape(n_t * n_s, len(idx))
+    ts = pl.Series("ts", np.repeat(bar_ts, n_s)).cast(pl.Datetime("ns"))
     frame = pl.DataFrame(
         {
             "ts": ts.dt.replace_time_zone("UTC").cast(pl.Datetime("us", "UTC")),
@@ -221,20 +260,136 @@ def paper_windows(market: MarketData, settings: WindowSettings) -> WindowSet:
     )
 
 
+def grow_windows(windows: WindowSet, market: MarketData, settings: WindowSettings) -> WindowSet:
+    """`windows` (paper windows over `market`'s first bars) extended to every bar of `market`.
+
+    A live feed's market gains bars at its end. The rows of the new bars, and of the
+    `lookback - 1` bars before them that the new bars' windows read, are computed by `fold_tensor`
+    (a `test` segment starting at the first new bar) from `market`'s features with the champion
+    fold's statistics, exactly as `paper_windows` computes every row; the rows before them are
+    kept. The recomputed old rows equal the kept ones unless the venue revised a bar the feed had
+    fetched (a late funding print): later windows then read the revised values, as the pipeline
+    would. A row is normalised from its own bar's features only, and a window ends at the bar it
+    serves, so no window reads a later bar.
+
+    Returns `windows` itself when it already covers `market`, and `paper_windows(market)` when
+    `market` is not `windows`' bars extended (other bar times).
+
+    Raises:
+        ChampionError: the market's bars are not on one grid, or features do not fit.
+    """
+    n_old = windows.values.shape[0]
+    ts_us: np.ndarray = market.ts.astype(np.int64) // US_PER_NS
+    n = min(n_old, ts_us.size)
+    if tuple(market.symbols) != windows.symbols or not np.array_equal(ts_us[:n], windows.ts_us[:n]):
+        return paper_windows(market, settings)
+    if ts_us.size <= n_old:
+        return windows
+    first = max(n_old - (settings.config.lookback - 1), 0)
+    frame = feature_frame(market, settings.features, first_bar=first)
+    bar = timedelta(seconds=market.bar_seconds)
+    span = {
+        "fold": settings.fold,
+        "test_start": _utc(ts_us[n_old]),
+        "test_end": _utc(ts_us[-1]) + bar,
+    }
+    try:
+        values, tail_ts, _, (_, hi) = fold_tensor(
+            frame, settings.stats, span, "test", bar, settings.config
+        )
+    except ValueError as exc:
+        raise ChampionError(f"paper windows of fold {settings.fold}: {exc}") from exc
+    if not np.array_equal(tail_ts, ts_us[first:]):
+        raise ChampionError(
+            f"paper windows of fold {settings.fold}: the feed's bars from {_utc(ts_us[first])} "
+            f"are not on one {bar} grid"
+        )
+    lo = windows.span[0] if windows.span is not None else _utc(ts_us[0])
+    return WindowSet(
+        values=np.concatenate([np.asarray(windows.values[:first]), values]),
+        ts_us=np.concatenate([windows.ts_us[:first], tail_ts]),
+        lookback=windows.lookback,
+        first_window_row=windows.first_window_row,
+        symbols=windows.symbols,
+        features=windows.features,
+        fold=windows.fold,
+        segment=windows.segment,
+        span=(lo, hi),
+    )
+
+
+def _utc(ts_us: Any) -> datetime:
+    # An int64 microsecond stamp as a UTC datetime.
+    return datetime.fromtimestamp(int(ts_us) / 1e6, tz=UTC)
+
+
+class _EngineView:
+    # The env as the meta-controller reads it, with the market its engine trades now: a live
+    # feed's env keeps `env.market` at the bars it opened with while `env.engine.market` grows.
+    def __init__(self, env: CarryTradeEnv) -> None:
+        self.env = env
+
+    @property
+    def market(self) -> MarketData:
+        return self.env.engine.market
+
+    @property
+    def observation_names(self) -> list[str]:
+        return self.env.observation_names
+
+    @property
+    def engine(self) -> Any:
+        return self.env.engine
+
+
 class ChampionPolicy:
     """A `MetaBacktestPolicy` for the paper session: SB3's `predict`, `reset(env)`, and `explain`
     (the experts' suggestions and the gating weights of the last decision, for `paper.decisions`).
+
+    With `settings`, its windows grow with the env's market (module docstring): `reset(env)` and
+    every `predict` on a market with bars the windows lack append those bars' rows first.
     """
 
-    def __init__(self, meta: MetaBacktestPolicy, source: ChampionSource) -> None:
-        self.meta, self.source = meta, source
+    def __init__(
+        self,
+        meta: MetaBacktestPolicy,
+        source: ChampionSource,
+        settings: WindowSettings | None = None,
+    ) -> None:
+        self.meta, self.source, self.settings = meta, source, settings
+        self._view: _EngineView | None = None
+
+    @property
+    def windows(self) -> WindowSet:
+        """The windows the meta-controller and its experts read now."""
+        return self.meta.windows
 
     def reset(self, env: CarryTradeEnv) -> None:
-        """Build the gathers for `env` (see `MetaBacktestPolicy.reset`)."""
+        """Grow the windows to `env`'s market and build the gathers for it (see
+        `MetaBacktestPolicy.reset`)."""
+        self._view = _EngineView(env)
+        self._regather(carry_state=False)
+
+    def _regather(self, *, carry_state: bool) -> None:
+        # Windows over the engine's market now, and the meta-controller's gathers over them.
+        assert self._view is not None
+        windows = self.meta.windows
+        if self.settings is not None:
+            windows = grow_windows(windows, self._view.market, self.settings)
+        state = self.meta.get_state() if carry_state else None
+        meta = self.meta
+        if windows is not meta.windows:
+            meta = MetaBacktestPolicy(
+                meta.meta, meta.experts, meta.anomaly, windows,
+                fold=meta.fold, path=meta.path, name=meta.name,
+            )  # fmt: skip
         try:
-            self.meta.reset(env)
+            meta.reset(self._view)  # type: ignore[arg-type]  # reads market, names, engine
+            if state is not None:
+                meta.set_state(state)
         except ValueError as exc:
             raise ChampionError(f"champion {self.source.champion_id}: {exc}") from exc
+        self.meta = meta
 
     def restart(self) -> None:
         """Start a new episode on the same env (see `MetaBacktestPolicy.restart`)."""
@@ -247,7 +402,11 @@ class ChampionPolicy:
         episode_start: np.ndarray | None = None,
         deterministic: bool = True,
     ) -> tuple[np.ndarray, Any]:
-        """The meta-controller's action at the env's current bar."""
+        """The meta-controller's action at the env's current bar, after growing the windows to
+        the bars the env's market gained since the last decision."""
+        view = self._view
+        if view is not None and view.market.n_bars > self.meta.windows.values.shape[0]:
+            self._regather(carry_state=True)
         return self.meta.predict(observation, state, episode_start, deterministic)
 
     def get_state(self) -> dict[str, Any]:
@@ -274,10 +433,10 @@ def load_champion_policy(
     Raises:
         ChampionError: the model folder is gone, or the windows' settings or features do not fit.
     """
-    settings = window_settings(database, source.fold)
+    settings = window_settings(database, source.fold, source.model_path)
     windows = paper_windows(market, settings)
     try:
         meta = load_meta_policy(source.model_path, windows, fold=source.fold)
     except FileNotFoundError as exc:
         raise ChampionError(f"champion {source.champion_id}: {exc}") from exc
-    return ChampionPolicy(meta, source)
+    return ChampionPolicy(meta, source, settings)

@@ -11,11 +11,22 @@
   Because the buffer holds every raw row since `history` began (EWM indicators depend on all of
   it), a live bar's features equal what the pipeline computes for that bar. The feed is `live`:
   the session opens an episode without an end and the env's engine extends its data tensor
-  (`Engine.extend_market`) each time the feed's market grows. Sentiment is not fetched live; the
-  frame has no `f_sent_` columns. The history must come from the venue the feed polls, in klines
-  of the size it fetches (`raw_timeframe`); a mix is refused, naming both. `ccxt_feed` builds one
-  from the DuckDB history and a key-less `CcxtExchange` (public endpoints only), with the books
-  the paper executor walks: the venue's live snapshot at the feed's clock.
+  (`Engine.extend_market`) each time the feed's market grows. The history must come from the venue
+  the feed polls, in klines of the size it fetches (`raw_timeframe`); a mix is refused, naming
+  both. `ccxt_feed` builds one from the DuckDB history and a key-less `CcxtExchange` (public
+  endpoints only), with the books the paper executor walks: the venue's live snapshot at the
+  feed's clock.
+
+Sentiment on the live feed: no sentiment source is polled. Without `sentiment` scores the frame
+has no `f_sent_` columns (a rule policy's session). With them (`ccxt_feed(sentiment=True)`, for a
+champion whose windows hold `f_sent_` features) the scores stored in `features.sentiment_scores`
+when the session starts are carried forward: `build_sentiment_windows`, the pipeline's function,
+aligns them on the live grid by publication time, so every live bar's level is the last stored
+score, `f_sent_age_hours` grows by a bar's hours per bar and `f_sent_stale` turns 1 past the
+windows' `max_age` (2 days), as the pipeline computes those bars while no newer score is stored.
+Scores stored while the session runs are read when it is restarted (a resume rebuilds the frame).
+The session books a `sentiment_stale` risk event and alert when the age crosses
+`RiskConfig.sentiment_alert_hours` (`session.py`).
 """
 
 from __future__ import annotations
@@ -37,8 +48,9 @@ from carry_pipeline.lib.exchanges.simulated import SimulatedExchange
 from carry_pipeline.lib.features.bars import MarketBarsConfig, build_market_bars
 from carry_pipeline.lib.features.carry import CarryFeaturesConfig, build_carry_features
 from carry_pipeline.lib.features.pipeline import build_market_frame
-from carry_pipeline.lib.features.sentiment import build_sentiment_windows
+from carry_pipeline.lib.features.sentiment import SentimentWindowsConfig, build_sentiment_windows
 from carry_pipeline.lib.features.timeframes import parse_duration
+from carry_pipeline.lib.schemas import SENTIMENT_SCHEMA
 from carry_pipeline.lib.trading.books import SimulatedExchangeBooks
 from carry_pipeline.lib.trading.session import ReplayFeed
 
@@ -59,17 +71,18 @@ def market_frame_from_raw(
     bars: MarketBarsConfig,
     carry: CarryFeaturesConfig | None = None,
     sentiment_scores: pl.DataFrame | None = None,
+    sentiment_config: SentimentWindowsConfig | None = None,
 ) -> pl.DataFrame:
     """The env's market frame (warm-up dropped) from raw tables, by the pipeline's functions;
     with `sentiment_scores`, also the `sentiment` column and the `f_sent_` window features
-    (`build_sentiment_windows` at its defaults)."""
+    (`build_sentiment_windows` with `sentiment_config`, default its defaults)."""
     market_bars = build_market_bars(
         raw["spot"], raw["perp"], raw["funding"], raw.get("order_book"), bars
     )
     features = build_carry_features(market_bars, carry or CarryFeaturesConfig())
     sentiment = None
     if sentiment_scores is not None:
-        sentiment = build_sentiment_windows(sentiment_scores, market_bars["ts"])
+        sentiment = build_sentiment_windows(sentiment_scores, market_bars["ts"], sentiment_config)
     return build_market_frame(market_bars, features, sentiment)
 
 
@@ -141,6 +154,81 @@ def load_raw_history(
     finally:
         con.close()
     return out
+
+
+def load_sentiment_scores(database: str | Path, start: datetime) -> pl.DataFrame:
+    """The `features.sentiment_scores` rows published from `start` on (read-only connection).
+
+    Raises:
+        ValueError: the table is missing or holds no score published from `start` on.
+    """
+    con = duckdb.connect(str(database), read_only=True)
+    try:
+        result = con.sql(
+            "select ts, published_at, source, score from features.sentiment_scores "
+            "where published_at >= ? order by published_at, ts",
+            params=[start],
+        )
+        frame = pl.from_arrow(result.to_arrow_table())
+        assert isinstance(frame, pl.DataFrame)
+    except duckdb.CatalogException as exc:
+        raise ValueError(
+            f"{database}: features.sentiment_scores is missing; the champion's windows hold "
+            "f_sent_ features, which a live session builds from the stored scores: materialise "
+            "features/sentiment_scores first"
+        ) from exc
+    finally:
+        con.close()
+    if frame.height == 0:
+        raise ValueError(
+            f"{database}: features.sentiment_scores holds no score published since {start}; "
+            "materialise features/sentiment_scores over the session's history"
+        )
+    return frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC")).select(
+        [pl.col(c).cast(t) for c, t in SENTIMENT_SCHEMA.items()]
+    )
+
+
+def check_stored_sentiment(database: str | Path, market: MarketData, atol: float = 1e-9) -> int:
+    """Compare `market`'s `f_sent_` features with `features.sentiment_windows` (what the champion's
+    training windows were built from) on the bars both hold outside the stored warm-up; the
+    number of bars compared (0 when the table is missing).
+
+    Raises:
+        ValueError: a feature differs by more than `atol` (the stored windows were built with
+            other `sentiment_*` settings than the feed's defaults, or from other scores), naming
+            the feature and the first bar.
+    """
+    names = [n for n in market.feature_names if n.startswith("f_sent_")]
+    con = duckdb.connect(str(database), read_only=True)
+    try:
+        cols = ", ".join(names)
+        stored = pl.from_arrow(
+            con.sql(
+                f"select epoch_ns(ts) as ts_ns, {cols} from features.sentiment_windows "
+                "where not warmup order by ts"
+            ).to_arrow_table()
+        )
+    except duckdb.CatalogException:
+        return 0
+    finally:
+        con.close()
+    assert isinstance(stored, pl.DataFrame)
+    ts = market.ts.astype(np.int64)
+    stored = stored.filter(pl.col("ts_ns").is_in(ts.tolist()))
+    rows = np.searchsorted(ts, stored["ts_ns"].to_numpy())
+    for name in names:
+        live = market.features[rows, 0, list(market.feature_names).index(name)]
+        bad = np.flatnonzero(~np.isclose(live, stored[name].to_numpy(), rtol=0.0, atol=atol))
+        if bad.size:
+            when = datetime.fromtimestamp(int(ts[rows[bad[0]]]) / 1e9, tz=UTC)
+            raise ValueError(
+                f"{database}: {name} at {when} is {live[bad[0]]!r} on the live feed, "
+                f"{stored[name][int(bad[0])]!r} in features.sentiment_windows ({bad.size} bars "
+                "differ): the stored windows were built with other sentiment_* settings than "
+                "the feed's defaults, or from other scores"
+            )
+    return stored.height
 
 
 class SimulatedFeed(ReplayFeed):
@@ -256,6 +344,9 @@ class ExchangeFeed:
         settle_s: seconds after a bar's close before it is fetched (venues publish late).
         max_wait_bars: bars `bar_ready` waits for a bar before giving up (False: the feed stopped).
         raw_timeframe: kline size fetched (resampled to `bars.bar`); default the bar.
+        sentiment: stored sentiment scores (`SENTIMENT_SCHEMA`) carried forward into the `f_sent_`
+            features (module docstring); None builds none.
+        sentiment_config: the `sentiment_windows` settings (default the pipeline's defaults).
     """
 
     live = True
@@ -271,8 +362,12 @@ class ExchangeFeed:
         settle_s: float = 2.0,
         max_wait_bars: int = 3,
         raw_timeframe: str | None = None,
+        sentiment: pl.DataFrame | None = None,
+        sentiment_config: SentimentWindowsConfig | None = None,
     ) -> None:
         self.raw_timeframe = raw_timeframe or bars.bar
+        self.sentiment = sentiment
+        self.sentiment_config = sentiment_config
         self.exchange = exchange
         self.bases = bases
         self.clock = clock
@@ -286,7 +381,7 @@ class ExchangeFeed:
         self.errors = 0
         """Failed refreshes (network or exchange errors, malformed answers) so far."""
         self.last_error = ""
-        self._market = MarketData.from_frame(market_frame_from_raw(self.raw, bars, self.carry))
+        self._market = MarketData.from_frame(self._frame())
         self._funding_from = self._raw_end()  # settlements before it come with the history
         self._funding_checked: datetime | None = None  # the last close fetched through
         self.refresh()
@@ -325,13 +420,19 @@ class ExchangeFeed:
             if frame.height:
                 self.raw[key] = _append(self.raw.get(key), frame, key)
         self._funding_from, self._funding_checked = end, end
-        market = MarketData.from_frame(market_frame_from_raw(self.raw, self.bars, self.carry))
+        market = MarketData.from_frame(self._frame())
         grown = market.n_bars - self._market.n_bars
         if grown >= 0:
             if not np.array_equal(market.ts[: self._market.n_bars], self._market.ts):
                 raise ValueError("ExchangeFeed: history changed under the feed (bars re-stamped)")
             self._market = market
         return max(grown, 0)
+
+    def _frame(self) -> pl.DataFrame:
+        # The pipeline's market frame over the whole buffer (and the stored sentiment, if any).
+        return market_frame_from_raw(
+            self.raw, self.bars, self.carry, self.sentiment, self.sentiment_config
+        )
 
     def _raw_end(self) -> datetime:
         # Start of the next perp bar to fetch: every leg's buffer is kept to the same grid.
@@ -411,16 +512,22 @@ def ccxt_feed(
     max_retries: int = 5,
     settle_s: float = 2.0,
     max_wait_bars: int = 3,
+    sentiment: bool = False,
 ) -> tuple[ExchangeFeed, SimulatedExchangeBooks]:
     """An `ExchangeFeed` on a key-less `CcxtExchange`, warmed up from the DuckDB raw history
     `[history_start, now)` (`load_raw_history`), and the venue's live books at the feed's clock.
+    With `sentiment`, the `features.sentiment_scores` published from `SENTIMENT_HISTORY` before
+    `history_start` on are carried forward into the `f_sent_` features (module docstring), which
+    must equal the stored `features.sentiment_windows` where both have bars
+    (`check_stored_sentiment`).
 
     The client holds no key, so only public endpoints can answer; it is never the live
     executor's client. The history's start fixes the bar index of every bar: a session resumed
     with the same `history_start` finds its bars where it left them.
 
     Raises:
-        ValueError: no history for an asset, history from another venue or of another kline size.
+        ValueError: no history for an asset, history from another venue or of another kline size,
+            or (with `sentiment`) no stored sentiment scores or windows that differ from them.
         PermanentExchangeError: an exchange id ccxt does not know.
     """
     raw_tf = raw_timeframe or bars.bar
@@ -434,9 +541,14 @@ def ccxt_feed(
     )
     end = _floor(clock.now(), parse_duration(raw_tf))
     history = load_raw_history(database, bases, history_start, end)
-    feed = ExchangeFeed(
-        exchange, bases, history, clock, bars, carry, settle_s, max_wait_bars, raw_tf
+    scores = (
+        load_sentiment_scores(database, history_start - SENTIMENT_HISTORY) if sentiment else None
     )
+    feed = ExchangeFeed(
+        exchange, bases, history, clock, bars, carry, settle_s, max_wait_bars, raw_tf, scores
+    )
+    if sentiment:
+        check_stored_sentiment(database, feed.market)
     return feed, SimulatedExchangeBooks(exchange, clock.now)
 
 

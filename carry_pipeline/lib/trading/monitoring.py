@@ -3,9 +3,9 @@
 `SessionMetrics.observe` is the session's `on_bar` hook: after each committed bar it sets every
 gauge from the bar's ledger record and the env's info. `serve(port)` exposes the registry over
 HTTP for Prometheus to scrape; `text()` is the exposition a scrape returns. Alerts (`drawdown`,
-`risk_state`, `feed_down`) are written by the session into `paper.alerts` in the bar's own
-transaction; `SessionMetrics` counts them per kind and hands them to `on_alert` (the Dagster job
-logs them).
+`risk_state`, `feed_down`, `sentiment_stale`) are written by the session into `paper.alerts` in
+the bar's own transaction; `SessionMetrics` counts them per kind and hands them to `on_alert` (the
+Dagster job logs them).
 
 Metrics (label `session`; per asset also `symbol`, per leg `leg`):
 `carry_paper_equity_usd`, `carry_paper_pnl_usd` (equity less initial cash),

@@ -40,6 +40,13 @@ class RiskState(StrEnum):
     HALTED = "HALTED"
 
 
+SENTIMENT_ALERT_HOURS = 48.0
+"""Default `RiskConfig.sentiment_alert_hours`: `SentimentWindowsConfig.max_age` (2 days)."""
+SENTIMENT_AGE = "f_sent_age_hours"
+"""The market feature holding the sentiment's age in hours (market-wide: every asset's is the
+same)."""
+
+
 @dataclass(frozen=True)
 class RiskConfig:
     """Limits of the risk manager. Notional is USDT, fractions are of equity."""
@@ -71,6 +78,10 @@ class RiskConfig:
     """Consecutive faulty feed bars after which the session raises a `feed_down` alert."""
     drawdown_alert: float = 0.05
     """Drawdown from the session peak whose crossing (from below) raises a `drawdown` alert."""
+    sentiment_alert_hours: float = SENTIMENT_ALERT_HOURS
+    """Age (hours since publication) of the sentiment score in force past which the session
+    books a `sentiment_stale` risk event and alert (`sentiment_records`); informational, it blocks
+    no order. The default is `sentiment_windows`' `max_age`, where `f_sent_stale` turns 1."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -107,7 +118,7 @@ class RiskRecord:
     Attributes:
         bar: the env bar index it concerns.
         kind: "state_change", "order_allowed", "order_scaled", "order_denied", "flatten",
-            "feed_fault", "reset".
+            "feed_fault", "reset", "sentiment_stale", "sentiment_fresh".
         rule: the rule behind it ("daily_loss", "circuit_breaker", "max_notional_per_asset", ...).
         reason: a sentence a person can read.
         state: the state after the record.
@@ -493,6 +504,45 @@ class RiskManager:
         d: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in snap.items()}  # null=NaN
         d["state"] = RiskState(d["state"])
         self._s = _Latches(**d)
+
+
+def sentiment_age_hours(features: np.ndarray, feature_names: tuple[str, ...], t: int) -> float:
+    """The sentiment's age at bar t (`SENTIMENT_AGE` of the first asset), NaN when the market
+    has no sentiment features."""
+    if SENTIMENT_AGE not in feature_names:
+        return math.nan
+    return float(features[t, 0, feature_names.index(SENTIMENT_AGE)])
+
+
+def sentiment_records(
+    t: int,
+    features: np.ndarray,
+    feature_names: tuple[str, ...],
+    threshold_hours: float,
+    state: RiskState,
+    *,
+    first: bool,
+) -> list[RiskRecord]:
+    """A `sentiment_stale` record at the bar where the sentiment's age rises past
+    `threshold_hours` (at the session's `first` bar when it is already past), and a
+    `sentiment_fresh` record where a newer score brings it back within. Computed from bars t - 1
+    and t only, so a resumed session repeats neither; none without sentiment features."""
+    age = sentiment_age_hours(features, feature_names, t)
+    if math.isnan(age):
+        return []
+    before = math.nan if first or t == 0 else sentiment_age_hours(features, feature_names, t - 1)
+    stale, was_stale = age > threshold_hours, before > threshold_hours
+    figures = {"age_hours": age, "threshold_hours": threshold_hours}
+    if stale and not was_stale:
+        reason = (
+            f"sentiment is {age:.1f} h old (over {threshold_hours:g} h): the sentiment expert "
+            "sees the last stored score carried forward; ingest newer scores"
+        )
+        return [RiskRecord(t, "sentiment_stale", "sentiment_age", reason, state, figures)]
+    if was_stale and not stale:
+        reason = f"sentiment is {age:.1f} h old again (within {threshold_hours:g} h)"
+        return [RiskRecord(t, "sentiment_fresh", "sentiment_age", reason, state, figures)]
+    return []
 
 
 def _fit_abs(pos: float, dq: float, cap: float) -> float:

@@ -24,6 +24,11 @@ the loop: the bar is held (action NaN: no orders, positions carried and marked),
 risk event is booked, a `feed_down` alert after `RiskConfig.feed_down_alert_bars` faulty bars in a
 row, and trading resumes on the next good bar. A `drawdown` alert is written at the bar whose
 drawdown crosses `RiskConfig.drawdown_alert` from below; risk state changes are alerts too.
+
+Sentiment: when the market has `f_sent_` features, the bar whose sentiment age
+(`f_sent_age_hours`) rises past `RiskConfig.sentiment_alert_hours` (or the session's first bar,
+when it starts past it) books a `sentiment_stale` risk event and alert; the bar where a newer
+score brings it back books `sentiment_fresh` (`risk.sentiment_records`). Neither blocks an order.
 """
 
 from __future__ import annotations
@@ -48,12 +53,14 @@ from carry_pipeline.lib.trading.executor import BookExecutor, FeeBasis, LegExecu
 from carry_pipeline.lib.trading.ledger import BarRecord, Ledger, ReplayBar, to_json
 from carry_pipeline.lib.trading.policy_state import pack_state, unpack_state
 from carry_pipeline.lib.trading.risk import (
+    SENTIMENT_ALERT_HOURS,
     BarView,
     RiskConfig,
     RiskGate,
     RiskManager,
     RiskRecord,
     RiskState,
+    sentiment_records,
 )
 
 
@@ -144,9 +151,12 @@ class SessionSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain values (hashed into `paper.sessions`)."""
+        risk = {k: getattr(self.risk_config, k) for k in vars(self.risk_config)}
+        if risk["sentiment_alert_hours"] == SENTIMENT_ALERT_HOURS:
+            del risk["sentiment_alert_hours"]  # added later: absent at its default, old hashes hold
         return {
             "env_config": self.env_config.to_dict(),
-            "risk_config": {k: getattr(self.risk_config, k) for k in vars(self.risk_config)},
+            "risk_config": risk,
             "fee_basis": self.fee_basis,
             **({"live": True} if self.live else {}),  # absent on paper: old sessions' hashes hold
         }
@@ -306,6 +316,10 @@ def run_paper_session(
         )
         state_before = manager.state
         records = manager.assess(view)
+        records += sentiment_records(
+            t, market.features, tuple(market.feature_names),
+            spec.risk_config.sentiment_alert_hours, manager.state, first=t == spec.start,
+        )  # fmt: skip
         explain: dict[str, Any] = {}
         if reason:
             policy_action = np.full(len(symbols), np.nan)
@@ -447,6 +461,8 @@ def _alerts(
     for r in records:
         if r.kind == "state_change":
             out.append(("risk_state", r.reason, to_json({"rule": r.rule, **r.figures})))
+        elif r.kind == "sentiment_stale":
+            out.append(("sentiment_stale", r.reason, to_json(r.figures)))
     if faults == config.feed_down_alert_bars:
         out.append(
             ("feed_down", f"feed faulty for {faults} bars in a row", to_json({"bars": faults}))

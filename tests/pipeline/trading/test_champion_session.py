@@ -4,13 +4,16 @@ for it, `champion_model_sensor` evaluated against a real instance in which
 `reports/champion_model` materialised, and the run it requests executed with `paper_trading_job`
 for two simulated days: ledger rows with the experts' outputs and the gating weights, and the
 tracking report in the output's metadata; a session stopped and resumed acts as an uninterrupted
-one, the LSTM's state restored from the ledger."""
+one, the LSTM's state restored from the ledger; and the champion on the ccxt feed (the loopback
+Binance stub), its windows growing with the live bars, seeing the pipeline's observations."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -19,25 +22,35 @@ import polars as pl
 import pytest
 import torch
 
+from carry_env.config import EnvConfig
+from carry_env.env import CarryTradeEnv
+from carry_env.market import MarketData
 from carry_pipeline.defs.trading.jobs import paper_trading_job
 from carry_pipeline.defs.trading.sensors import champion_model_sensor
 from carry_pipeline.lib.evaluation.champion import CHAMPION_SCHEMA, append_champion
+from carry_pipeline.lib.exchanges import CcxtExchange
 from carry_pipeline.lib.exchanges.simulated import SimulatedExchange
 from carry_pipeline.lib.features.bars import MarketBarsConfig, build_market_bars
 from carry_pipeline.lib.features.carry import CarryFeaturesConfig, build_carry_features
 from carry_pipeline.lib.features.folds import FOLD_SCHEMA
 from carry_pipeline.lib.features.normalisation import compute_normalisation_stats
-from carry_pipeline.lib.features.pipeline import combine_features
+from carry_pipeline.lib.features.pipeline import build_market_frame, combine_features
 from carry_pipeline.lib.features.sentiment import build_sentiment_windows
 from carry_pipeline.lib.features.windows import TrainingWindowsConfig, write_training_windows
-from carry_pipeline.lib.trading.feeds import SENTIMENT_HISTORY, fetch_raw
+from carry_pipeline.lib.trading.feeds import SENTIMENT_HISTORY, VirtualClock, fetch_raw
 from carry_pipeline.lib.trading.ledger import Ledger
 from carry_pipeline.lib.trading.policy_state import unpack_state
+from carry_pipeline.lib.training.observation import ObservationBuilder, WindowSet
+from carry_pipeline.lib.training.policy import ExpertPolicy
 from tests.pipeline.models.test_model_assets import EXPERTS, TINY, _materialize, meta_controller
+from tests.pipeline.trading.feed_setup import load_stub, write_raw
+from tests.pipeline.trading.test_ccxt_job import _live_books
+from tests.pipeline.trading.venue_stub import TradingStub
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 DAYS = 12
 HIGHER = ("4h",)
+HOUR = timedelta(hours=1)
 # The long-term expert in its LSTM form (sb3-contrib RecurrentPPO), so the champion is recurrent.
 RECURRENT = json.dumps(
     {**json.loads(TINY), "algorithm": "RecurrentPPO",
@@ -208,3 +221,161 @@ def test_a_resumed_champion_session_acts_as_an_uninterrupted_one(
         split = con.execute(sql, ["split"]).fetchall()
         whole = con.execute(sql, ["whole"]).fetchall()
     assert len(split) == 24 and split == whole
+
+
+def _perturb_kline(stub: TradingStub, base: str, open_at: datetime, factor: float) -> None:
+    # The stub's perp kline of `base` opening at `open_at` closes `factor` times higher.
+    rows = stub.klines[("/fapi/v1/klines", f"{base}USDT", "1h")]
+    [i] = [j for j, r in enumerate(rows) if r[0] == int(open_at.timestamp() * 1000)]
+    close = float(rows[i][4]) * factor
+    rows[i] = [*rows[i][:2], f"{max(float(rows[i][2]), close):.2f}", rows[i][3], f"{close:.2f}",
+               *rows[i][5:]]  # fmt: skip
+
+
+def _live_champion_run(
+    stub: TradingStub, database: Path, tmp_path: Path, session: str, seen: list[Any]
+) -> tuple[VirtualClock, list[tuple[Any, ...]], list[Any]]:
+    # A 4-bar champion session on the ccxt feed; its decisions and the experts' observations.
+    seen.clear()
+    feed = {"kind": "ccxt", "api_url": stub.url, "timeout_ms": 1000, "max_retries": 0}
+    config = {"session_id": session, "policy": "champion", "database": str(database),
+              "start": START.date().isoformat(), "higher_timeframes": list(HIGHER),
+              "max_bars": 4, "feed": feed, "report_dir": str(tmp_path / "reports"),
+              "risk": {"max_leverage": 5.0, "sentiment_alert_hours": 2.5}}  # fmt: skip
+    clock = VirtualClock(START + timedelta(days=DAYS, seconds=2))
+    result = paper_trading_job.execute_in_process(
+        run_config={"ops": {"paper_session": {"config": config}}},
+        resources={"paper_clock": clock},
+    )
+    assert result.success
+    with duckdb.connect(str(database), read_only=True) as con:
+        decisions = con.execute("select bar, obs_digest from paper.decisions where session_id = ? "
+                                "order by bar", [session]).fetchall()  # fmt: skip
+    n_experts = len({name for name, _, _ in seen})
+    return clock, decisions, list(seen[: len(decisions) * n_experts])  # then the tracking backtest
+
+
+@pytest.mark.slow
+def test_champion_on_the_ccxt_feed_sees_the_pipelines_observations(
+    champion_store: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The champion on the loopback Binance stub for four bars (the last bar DuckDB holds, then
+    # three polled live), its windows growing bar by bar. Every expert's observation at every bar
+    # equals, bit for bit, the one built from the pipeline's own training_windows (written by
+    # write_training_windows over features computed once over the whole history, with the
+    # statistics saved beside the champion) and the backtest env's observation of the same bars.
+    # Sentiment is the stored scores carried forward (and agrees with the stored
+    # sentiment_windows): 3 h old at the third bar, past a 2.5 h threshold, alerted there.
+    # A later bar's kline moved by 3 % leaves every earlier observation unchanged.
+    database, model_path = champion_store
+    cut = START + timedelta(days=DAYS)
+    stub = TradingStub(("BTC", "ETH"))
+    load_stub(stub, START, DAYS + 1)
+    stub.start()
+    try:
+        client = CcxtExchange(api_url=stub.url, max_retries=0, clock=lambda: cut)
+        write_raw(database, fetch_raw(client, ("BTC", "ETH"), "1h", START, cut))
+        # The scores features.sentiment_windows was built from (the last published an hour
+        # before the first bar), as sentiment_scores stores them.
+        scores = SimulatedExchange(seed=1, clock=lambda: cut).fetch_sentiment(
+            START - SENTIMENT_HISTORY, cut
+        )
+        with duckdb.connect(str(database)) as con:
+            con.execute("create or replace table features.sentiment_scores as select * from scores")
+        seen: list[Any] = []
+        act = ExpertPolicy.act
+
+        def recording(self: ExpertPolicy, obs: dict[str, np.ndarray], *a: Any, **k: Any) -> Any:
+            seen.append(
+                (self.spec.name, self.spec.observation, {n: v.copy() for n, v in obs.items()})
+            )
+            return act(self, obs, *a, **k)
+
+        monkeypatch.setattr(ExpertPolicy, "act", recording)
+        clock, decisions, observed = _live_champion_run(stub, database, tmp_path, "live", seen)
+        assert [b - decisions[0][0] for b, _ in decisions] == [0, 1, 2, 3]
+
+        # The pipeline's view of the same bars, computed after the fact over the whole history.
+        truth = CcxtExchange(api_url=stub.url, max_retries=0, clock=lambda: cut + 5 * HOUR)
+        raw = fetch_raw(truth, ("BTC", "ETH"), "1h", START, cut + 5 * HOUR)
+        raw["order_book"] = _live_books(stub, [cut + timedelta(seconds=2), *clock.waits])
+        bars = build_market_bars(raw["spot"], raw["perp"], raw["funding"], raw["order_book"],
+                                 MarketBarsConfig(bar="1h"))  # fmt: skip
+        carry = build_carry_features(bars, CarryFeaturesConfig(higher_timeframes=HIGHER))
+        sentiment = build_sentiment_windows(scores, bars["ts"])
+        market = MarketData.from_frame(build_market_frame(bars, carry, sentiment))
+        first, last = decisions[0][0], decisions[-1][0]
+        ts = [datetime.fromtimestamp(int(market.ts[b]) / 1e9, tz=UTC) for b in (0, first, last)]
+        folds = pl.DataFrame([{"fold": 0, "is_latest": False, "scheme": "anchored",
+                               "train_start": ts[0], "train_end": ts[1], "test_start": ts[1],
+                               "test_end": ts[2] + HOUR, "embargo_hours": 0.0}],
+                             schema=FOLD_SCHEMA)  # fmt: skip
+        stats = pl.read_parquet(Path(model_path) / "normalisation_stats.parquet")
+        manifest = write_training_windows(
+            combine_features(carry, sentiment), stats, folds, tmp_path / "windows",
+            TrainingWindowsConfig(lookback=8), bar=HOUR,
+        )  # fmt: skip
+        windows = WindowSet.from_manifest_row(
+            manifest.filter(pl.col("segment") == "test").row(0, named=True)
+        )
+        digests, env_obs = _replayed(database, "live", market, first)
+        assert [d for _, d in decisions] == digests  # the env part, bit for bit
+        names = CarryTradeEnv(market, EnvConfig()).observation_names
+        per_bar = len(observed) // len(decisions)
+        assert per_bar == 4  # three gated experts and the anomaly expert
+        for i, (bar, _) in enumerate(decisions):
+            for name, spec, obs in observed[i * per_bar : (i + 1) * per_bar]:
+                builder = ObservationBuilder(windows, spec, market.ts, names, market.symbols)
+                want = builder.build(env_obs[i][None, :], np.array([bar]))
+                assert float(want["global"][0, -2]) == 1.0  # a complete window at every bar
+                for part in ("window", "asset", "global"):
+                    np.testing.assert_array_equal(obs[part], want[part], err_msg=f"{name} {part}")
+        with duckdb.connect(str(database), read_only=True) as con:
+            alerts = con.execute("select bar from paper.alerts where session_id = 'live' "
+                                 "and kind = 'sentiment_stale'").fetchall()  # fmt: skip
+        assert alerts == [(first + 2,)]
+
+        # The BTC perp kline closing at the third bar's close, 3 % higher: the first two bars'
+        # observations are the same, bit for bit; the third one's windows are not.
+        _perturb_kline(stub, "BTC", cut + HOUR, 1.03)
+        _, moved_decisions, moved = _live_champion_run(stub, database, tmp_path, "moved", seen)
+        assert [b for b, _ in moved_decisions] == [b for b, _ in decisions]
+        for j in range(2 * per_bar):
+            for part in ("window", "asset", "global"):
+                np.testing.assert_array_equal(moved[j][2][part], observed[j][2][part])
+        third = range(2 * per_bar, 3 * per_bar)
+        assert any(
+            not np.array_equal(moved[j][2]["window"], observed[j][2]["window"]) for j in third
+        )
+    finally:
+        stub.stop()
+
+
+def _replayed(
+    database: Path, session: str, market: MarketData, start: int
+) -> tuple[list[str], list[np.ndarray]]:
+    # The backtest env's observations of `market` from `start`, stepped with the session's fills.
+    from carry_pipeline.lib.trading.session import _stored_fills
+
+    ledger = Ledger(database)
+    try:
+        stored = ledger.replay_bars(session)
+    finally:
+        ledger.close()
+
+    class Stored:
+        rb: Any = None
+
+        def execute(self, orders: Any) -> Any:
+            return _stored_fills(self.rb, orders, market.symbols)
+
+    ex = Stored()
+    env = CarryTradeEnv(market, EnvConfig(), executor=ex)
+    obs, _ = env.reset(seed=0, options={"start": start})
+    digests, observations = [], []
+    for rb in stored:
+        digests.append(hashlib.sha256(obs.tobytes()).hexdigest())
+        observations.append(obs.copy())
+        ex.rb = rb
+        obs, *_ = env.step(np.asarray(rb.action))
+    return digests, observations
