@@ -19,6 +19,7 @@ from carry_pipeline.main import (
     ingest,
     missing_partitions,
     missing_ranges,
+    paper_session_id,
     stage_of,
 )
 
@@ -146,3 +147,18 @@ def test_stage_progress_hears_a_real_run_as_it_happens() -> None:
         "    [datasets] datasets__folds",
         "    [datasets] ended",
     ]
+
+
+def test_each_make_run_gets_a_fresh_paper_session_id() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    first = datetime(2026, 12, 2, 9, 30, 5, tzinfo=UTC)
+    assert paper_session_id("champion-r1:meta_controller", first) == (
+        "champion-r1:meta_controller-run-20261202T093005Z"
+    )
+    # A re-run a second later keeping the same champion: another session, not a resume.
+    later = paper_session_id("champion-r1:meta_controller", first + timedelta(seconds=1))
+    assert later != paper_session_id("champion-r1:meta_controller", first)
+    # The same instant in another zone names the same session.
+    cet = first.astimezone(timezone(timedelta(hours=1)))
+    assert paper_session_id("demo-funding-rule", cet) == "demo-funding-rule-run-20261202T093005Z"
