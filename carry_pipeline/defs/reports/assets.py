@@ -392,6 +392,7 @@ def champion_model(
             )
     model = latest.row(0, named=True)
     run_id = context.run.run_id
+    champion: dict[str, Any] | None
     with duckdb.get_connection() as con:
         previous = current_champion(con)
         if decision.promote:
