@@ -15,8 +15,10 @@
    would repeat one in `models.registry` are reused, not retrained (`lib.training.reuse`).
 3. A paper session of a few simulated days: `champion_model_sensor` is evaluated against the
    instance and its run request (`paper_trading_job` on the champion) is executed with a bar
-   limit; with no champion promoted, the session runs the funding-rule baseline instead, and says
-   so. A session that fails prints why; the run still ends with its summary.
+   limit, as a fresh session whose id carries the run's start time (a re-run trades its bars
+   again rather than resuming the last run's finished session); with no champion promoted, the
+   session runs the funding-rule baseline instead, and says so. A session that fails prints why;
+   the run still ends with its summary.
 4. A summary from DuckDB, where the DuckDB file and the report are, the champion decision, the
    out-of-sample metrics of the meta-controller against the baselines per fold, and the seconds
    per stage.
@@ -33,7 +35,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -267,9 +269,23 @@ def stage_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]
     return {s: max(spans[s]) - min(spans[s]) for s in STAGES if s in spans}
 
 
-def paper_session(defs: dg.Definitions, instance: dg.DagsterInstance, bars: int) -> str:
+def paper_session_id(requested: str, started: datetime) -> str:
+    """The paper session id of a `make run` started at `started`: the requested id (the sensor's
+    `champion-<id>`, or `demo-funding-rule`) plus the start time to the second, in UTC.
+
+    Each run gets a fresh session of its bars: a re-run that kept the champion would otherwise
+    resume that champion's finished session at its end and trade no bar. The job still resumes a
+    session given the same id (after a crash, say).
+    """
+    return f"{requested}-run-{started.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
+
+def paper_session(
+    defs: dg.Definitions, instance: dg.DagsterInstance, bars: int, started: datetime
+) -> str:
     """Run the paper session `champion_model_sensor` requests for the current champion, limited
-    to `bars` bars; with no champion promoted, the funding-rule baseline. Returns a summary line."""
+    to `bars` bars, as a fresh session of this run (`paper_session_id`); with no champion
+    promoted, the funding-rule baseline. Returns a summary line."""
     from carry_pipeline.defs.trading.jobs import paper_trading_job
 
     repo = defs.get_repository_def()
@@ -282,6 +298,7 @@ def paper_session(defs: dg.Definitions, instance: dg.DagsterInstance, bars: int)
         config = {"session_id": "demo-funding-rule", "policy": "rule"}
     else:
         note = f"paper session of champion {config['champion_id']} (champion_model_sensor)"
+    config = {**config, "session_id": paper_session_id(config["session_id"], started)}
     # The code location's job, with its resources, as the daemon would launch it.
     result = defs.resolve_job_def(paper_trading_job.name).execute_in_process(
         instance=instance,
@@ -297,8 +314,8 @@ def paper_session(defs: dg.Definitions, instance: dg.DagsterInstance, bars: int)
     data = out.step_output_data
     meta = {k: v.value for k, v in data.metadata.items()}
     return (
-        f"{note}: {meta['new_bars']} bars, equity {meta['equity']:,.2f}, P&L vs backtest "
-        f"{meta['pnl_gap']:+.2%}, run {result.run_id}"
+        f"{note}: session {config['session_id']}, {meta['new_bars']} bars, equity "
+        f"{meta['equity']:,.2f}, P&L vs backtest {meta['pnl_gap']:+.2%}, run {result.run_id}"
     )
 
 
@@ -314,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("DAGSTER_HOME is not set: run `make run`, or export it (see the README)")
     os.environ.setdefault("CARRY_ASSETS", args.assets)
     os.environ.setdefault("CARRY_START_DATE", args.start.isoformat())
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), datetime.now(UTC)
     warmup = start_warmup()
     from carry_pipeline.definitions import defs
     from carry_pipeline.defs.reports.resources import ReportSettings
@@ -349,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         print("    " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()), flush=True)
         print(f"3/4 paper session, {args.paper_bars} bars", flush=True)
         t = time.perf_counter()
-        paper = paper_session(defs, instance, args.paper_bars)
+        paper = paper_session(defs, instance, args.paper_bars, started)
         seconds["paper"] = time.perf_counter() - t
         print(f"    {paper} ({seconds['paper']:.0f} s)", flush=True)
     db_path = default_database()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import dagster as dg
 import pytest
 
+import carry_pipeline
+from carry_pipeline import definitions
 from carry_pipeline.definitions import defs
 from carry_pipeline.main import (
     QUICKSTART_FEATURES,
@@ -16,6 +19,7 @@ from carry_pipeline.main import (
     ingest,
     missing_partitions,
     missing_ranges,
+    paper_session_id,
     stage_of,
 )
 
@@ -47,16 +51,31 @@ def test_make_run_uses_the_demo_config_file_quietly() -> None:
     dg.validate_run_config(defs.resolve_job_def("retrain_job"), config)
 
 
+def _data_files() -> dict[str, tuple[int, int]]:
+    # (size, mtime) of every file under the repository's data/ folder.
+    root = Path(carry_pipeline.__file__).resolve().parents[1] / "data"
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()
+    }
+
+
 def test_ingest_runs_only_missing_partitions(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import date
 
-    monkeypatch.setenv("CARRY_DUCKDB", str(tmp_path / "carry.duckdb"))
+    import duckdb
+
+    # The module's `defs` bound its resources to the DuckDB file when it was imported; definitions
+    # loaded after the variable is set write to the temporary file instead of data/carry.duckdb.
+    database = tmp_path / "carry.duckdb"
+    monkeypatch.setenv("CARRY_DUCKDB", str(database))
+    local = dg.load_from_defs_folder(path_within_project=Path(definitions.__file__).parent)
+    before = _data_files()
     with dg.DagsterInstance.ephemeral() as instance:
         day = date(2024, 1, 3)
-        assert ingest(defs, instance, day, day, ["BTC"]) == 1
+        assert ingest(local, instance, day, day, ["BTC"]) == 1
         key = dg.MultiPartitionKey({"asset": "BTC", "date": "2024-01-03"})
         assert missing_partitions(instance, dg.AssetKey(["raw", "raw_perp_ohlcv"]), [key]) == []
-        assert ingest(defs, instance, day, day, ["BTC"]) == 0  # a re-run adds nothing
+        assert ingest(local, instance, day, day, ["BTC"]) == 0  # a re-run adds nothing
         # Days 1-2 and 4-5 are missing around day 3: two range runs, not four day runs.
         raw = dg.AssetKey(["raw", "raw_perp_ohlcv"])
         first, last = date(2024, 1, 1), date(2024, 1, 5)
@@ -64,9 +83,13 @@ def test_ingest_runs_only_missing_partitions(tmp_path, monkeypatch: pytest.Monke
             (date(2024, 1, 1), date(2024, 1, 2)),
             (date(2024, 1, 4), date(2024, 1, 5)),
         ]
-        assert ingest(defs, instance, first, last, ["BTC"]) == 4
+        assert ingest(local, instance, first, last, ["BTC"]) == 4
         assert len(instance.get_runs()) == 3
         assert missing_ranges(instance, raw, first, last, "BTC") == []
+    with duckdb.connect(str(database), read_only=True) as con:
+        days = con.sql("select count(distinct ts::date) from raw.raw_perp_ohlcv").fetchall()[0][0]
+    assert days == 5
+    assert _data_files() == before  # nothing under data/ was written or created
 
 
 def _entry(kind: str, step_key: str | None, at: float) -> Any:
@@ -124,3 +147,18 @@ def test_stage_progress_hears_a_real_run_as_it_happens() -> None:
         "    [datasets] datasets__folds",
         "    [datasets] ended",
     ]
+
+
+def test_each_make_run_gets_a_fresh_paper_session_id() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    first = datetime(2026, 12, 2, 9, 30, 5, tzinfo=UTC)
+    assert paper_session_id("champion-r1:meta_controller", first) == (
+        "champion-r1:meta_controller-run-20261202T093005Z"
+    )
+    # A re-run a second later keeping the same champion: another session, not a resume.
+    later = paper_session_id("champion-r1:meta_controller", first + timedelta(seconds=1))
+    assert later != paper_session_id("champion-r1:meta_controller", first)
+    # The same instant in another zone names the same session.
+    cet = first.astimezone(timezone(timedelta(hours=1)))
+    assert paper_session_id("demo-funding-rule", cet) == "demo-funding-rule-run-20261202T093005Z"

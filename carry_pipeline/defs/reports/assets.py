@@ -18,7 +18,10 @@
 - `champion_model`: the promotion decision (`lib.evaluation.promotion.decide`). The latest
   window's meta-controller becomes champion (a new row of the append-only `models.champion`) only
   when every condition passes; otherwise the previous champion stays and the run still succeeds,
-  the metadata naming the failed conditions with their figures. `promoted` and `champion_id` in the
+  the metadata naming the failed conditions with their figures. A promoted meta-controller and the
+  experts it gates are first copied into `<models_root>/champions/<champion>/`
+  (`lib.evaluation.champion.install_champion`), and the row names that copy: the next retrain
+  overwrites the training folders whether it promotes or not. `promoted` and `champion_id` in the
   metadata tell a sensor whether this materialisation changed the champion.
 """
 
@@ -34,11 +37,12 @@ import polars as pl
 from dagster import AssetExecutionContext
 from dagster_duckdb import DuckDBResource
 
+from carry_pipeline.defs.models.resources import ModelSettings
 from carry_pipeline.defs.reports.resources import ReportSettings
 from carry_pipeline.lib.evaluation.champion import (
-    append_champion,
     champion_row,
     current_champion,
+    promote_champion,
 )
 from carry_pipeline.lib.evaluation.policies import BASELINES
 from carry_pipeline.lib.evaluation.promotion import (
@@ -371,6 +375,7 @@ def backtest_report(
 def champion_model(
     context: AssetExecutionContext,
     report_settings: ReportSettings,
+    model_settings: ModelSettings,
     duckdb: DuckDBResource,
     backtest_metrics: pl.DataFrame,
     meta_controller: pl.DataFrame,
@@ -387,6 +392,7 @@ def champion_model(
             )
     model = latest.row(0, named=True)
     run_id = context.run.run_id
+    champion: dict[str, Any] | None
     with duckdb.get_connection() as con:
         previous = current_champion(con)
         champion: dict[str, Any] | None
@@ -397,9 +403,13 @@ def champion_model(
             row = champion_row(
                 run_id=run_id, model=model, fold_metrics=fold_rows, decision=decision, rule=rule
             )
-            total = append_champion(con, row)
-            champion = row.row(0, named=True)
-            context.log.info(f"promoted {champion['champion_id']} ({model['model_path']})")
+            with failing_for("champion_model"):
+                installed, total = promote_champion(con, row, model_settings.models_root)
+            champion = installed.row(0, named=True)
+            context.log.info(
+                f"promoted {champion['champion_id']}: {model['model_path']} and its experts "
+                f"copied to {champion['model_path']}"
+            )
         else:
             total = None
             champion = previous

@@ -34,6 +34,8 @@ class Store:
     database: Path
     models: Path
     reports: Path
+    champions_store: Path
+    """The `models_root` that `champion_model` copies champions into (`<it>/champions/`)."""
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +51,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Store:
             "insert into models.meta_controller select * replace (1 as fold, true as is_latest) "
             "from models.meta_controller where fold = 0"
         )
-    return Store(store["database"], store["models"], root / "reports")
+    return Store(store["database"], store["models"], root / "reports", root / "champions_store")
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ def store(trained: Store, tmp_path: Path) -> Store:
     only)."""
     database = tmp_path / "carry.duckdb"
     shutil.copy(trained.database, database)
-    return Store(database, trained.models, tmp_path / "reports")
+    return Store(database, trained.models, tmp_path / "reports", tmp_path / "models")
 
 
 def read(store: Store, sql: str) -> pl.DataFrame:

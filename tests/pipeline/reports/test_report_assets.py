@@ -10,24 +10,35 @@ import math
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
+import gymnasium as gym
 import matplotlib.image as mpimg
+import numpy as np
 import polars as pl
+import pytest
+import torch
 from dagster_duckdb import DuckDBResource
+from stable_baselines3 import PPO
 
+from carry_pipeline.defs.models.resources import ModelSettings
 from carry_pipeline.defs.reports import assets as ra
 from carry_pipeline.defs.reports.resources import ReportSettings
 from carry_pipeline.lib.duckdb_io import CarryDuckDBIOManager
-from carry_pipeline.lib.evaluation.champion import append_champion, champion_row
+from carry_pipeline.lib.evaluation.champion import append_champion, champion_folder, champion_row
 from carry_pipeline.lib.evaluation.metrics import METRIC_COLUMNS
 from carry_pipeline.lib.evaluation.promotion import PromotionRule, decide
 from carry_pipeline.lib.evaluation.walk_forward import METRICS_SCHEMA
+from carry_pipeline.lib.trading.champion import champion_source
+from carry_pipeline.lib.training.meta import load_meta_controller
+from carry_pipeline.lib.training.policy import ALGORITHM_CLASSES
 from tests.pipeline.reports.conftest import Store, read
 
 POLICIES = {"flat", "long_carry", "funding_rule", "buy_and_hold", "anomaly", "short_term",
             "long_term", "sentiment", "meta_controller"}  # fmt: skip
+EXPERT_NAMES = ("anomaly", "short_term", "long_term", "sentiment")
 STAGE = [ra.walk_forward_backtest, ra.stress_test_report, ra.backtest_report, ra.champion_model]
 
 
@@ -44,6 +55,7 @@ def _materialize(store: Store, assets: list, **settings) -> dg.ExecuteInProcessR
             "report_settings": ReportSettings(
                 reports_root=str(store.reports), real_crises=False, **settings
             ),
+            "model_settings": ModelSettings(models_root=str(store.champions_store)),
         },
         raise_on_error=False,
     )
@@ -63,6 +75,12 @@ def _seed_champion(store: Store) -> pl.DataFrame:
     with duckdb.connect(str(store.database)) as con:
         append_champion(con, row)
     return _champions(store)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def _champions(store: Store) -> pl.DataFrame:
@@ -158,7 +176,10 @@ def test_promotion_appends_the_latest_window_model_and_a_refusal_keeps_it(store:
     assert promoted.success
     [row] = _champions(store).to_dicts()
     latest = read(store, "select * from models.meta_controller where is_latest").row(0, named=True)
-    assert row["model_path"] == latest["model_path"] and row["fold"] == latest["fold"]
+    # The row names the champion's own copy of the latest-window model, not its training folder.
+    home = champion_folder(store.champions_store, row["champion_id"]).resolve()
+    assert row["model_path"] == str(home / "meta") and row["fold"] == latest["fold"]
+    assert json.loads((home / "source.json").read_text())["meta"] == latest["model_path"]
     assert row["data_sha256"] == latest["data_sha256"] and row["run_id"] == promoted.run_id
     assert [r["sharpe"] for r in json.loads(row["fold_metrics"])] == [3.0]
     assert _metadata(promoted, "reports__champion_model")["champion_id"] == row["champion_id"]
@@ -170,6 +191,98 @@ def test_promotion_appends_the_latest_window_model_and_a_refusal_keeps_it(store:
     assert meta["promoted"] is False and meta["failed_conditions"] == "cost_ratio"
     assert meta["cost_ratio_value"] == 0.1 and meta["champion_id"] == row["champion_id"]
     assert _champions(store).to_dicts() == [row]
+
+
+def _private_training_folders(store: Store, root: Path) -> Path:
+    # A copy of the session's trained folders that this test may overwrite: the meta's spec.json
+    # and every `models.*` row repointed at it.
+    shutil.copytree(store.models, root)
+    spec = next(root.glob("meta/fold*/spec.json"))
+    spec.write_text(spec.read_text().replace(str(store.models), str(root)))
+    with duckdb.connect(str(store.database)) as con:
+        for table in [*(f"{n}_expert" for n in EXPERT_NAMES), "meta_controller"]:
+            con.execute(f"update models.{table} set model_path = replace(model_path, ?, ?)",
+                        [str(store.models), str(root)])  # fmt: skip
+    return root
+
+
+def _fixed(space: gym.Space, n: int = 4) -> Any:
+    # `n` seeded observations of `space`, batched (a Box or a Dict of Boxes).
+    space.seed(7)
+    samples = [space.sample() for _ in range(n)]
+    if isinstance(space, gym.spaces.Dict):
+        return {k: np.stack([s[k] for s in samples]) for k in space.spaces}
+    return np.stack(samples)
+
+
+def _actions(meta_folder: str) -> list[np.ndarray]:
+    # The deterministic actions of the meta-controller saved in `meta_folder` and of each expert
+    # (and the anomaly expert) it loads with it, on fixed observations.
+    meta, experts, anomaly = load_meta_controller(meta_folder, device="cpu")
+    out = [meta(_fixed(meta.model.observation_space))]
+    for p in [*experts.values(), *([anomaly] if anomaly else [])]:
+        out.append(p.model.predict(_fixed(p.model.observation_space), deterministic=True)[0])
+    return out
+
+
+def _retrain_overwrites(root: Path) -> None:
+    # What the next retrain does to the training folders: other weights in every model.zip.
+    gen = torch.Generator().manual_seed(1)
+    for zipped in sorted(root.glob("*/fold*/model.zip")):
+        cls = PPO if zipped.parts[-3] == "meta" else ALGORITHM_CLASSES[
+            json.loads((zipped.parent / "spec.json").read_text())["algorithm"]]  # fmt: skip
+        model = cls.load(zipped, device="cpu")
+        with torch.no_grad():
+            for param in model.policy.parameters():
+                param.add_(torch.randn(param.shape, generator=gen))
+        model.save(zipped)
+
+
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.slow
+def test_a_refused_retrain_leaves_the_champion_serving_its_own_weights(
+    store: Store, tmp_path: Path
+) -> None:
+    training = _private_training_folders(store, tmp_path / "training")
+    _winning_metrics(store)
+    assert _materialize(store, [ra.champion_model]).success
+    a = champion_source(str(store.database))
+    a_home = Path(a.model_path).parent
+    a_files, a_actions = _files(a_home), _actions(a.model_path)
+    assert _same(a_actions, _actions(str(next(training.glob("meta/fold*")))))
+
+    # The next retrain writes other models into the training folders and its candidate fails
+    # the gate: the champion is still A, its folder unchanged, its policy acting as A did.
+    _retrain_overwrites(training)
+    retrained = _actions(str(next(training.glob("meta/fold*"))))
+    assert not any(np.array_equal(x, y) for x, y in zip(a_actions, retrained, strict=True))
+    refused = _materialize(store, [ra.champion_model], max_cost_ratio=0.01)
+    assert refused.success and _metadata(refused, "reports__champion_model")["promoted"] is False
+    assert champion_source(str(store.database)) == a
+    assert _files(a_home) == a_files and _same(_actions(a.model_path), a_actions)
+
+    # A later promotion B gets a folder of its own with the retrained weights; A's stays.
+    promoted = _materialize(store, [ra.champion_model])
+    assert promoted.success
+    b = champion_source(str(store.database))
+    assert b.champion_id == f"{promoted.run_id}:meta_controller" != a.champion_id
+    assert Path(b.model_path).parent != a_home and _same(_actions(b.model_path), retrained)
+    assert _files(a_home) == a_files and _same(_actions(a.model_path), a_actions)
+    assert _champions(store)["model_path"].to_list() == [a.model_path, b.model_path]
+
+
+def test_a_champion_row_naming_a_training_folder_still_loads(store: Store) -> None:
+    # Rows promoted before champions were copied name the training folder itself.
+    _seed_champion(store)
+    latest = read(store, "select model_path from models.meta_controller where is_latest")
+    with duckdb.connect(str(store.database)) as con:
+        con.execute("update models.champion set model_path = ?", [latest["model_path"][0]])
+    source = champion_source(str(store.database))
+    assert source.model_path == latest["model_path"][0]
+    assert len(_actions(source.model_path)) == 1 + len(EXPERT_NAMES)
 
 
 def test_a_fold_without_a_model_fails_the_check_naming_it(store: Store) -> None:
