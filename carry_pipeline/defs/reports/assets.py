@@ -395,7 +395,6 @@ def champion_model(
     champion: dict[str, Any] | None
     with duckdb.get_connection() as con:
         previous = current_champion(con)
-        champion: dict[str, Any] | None
         if decision.promote:
             fold_rows = backtest_metrics.filter(
                 (pl.col("aggregate") == "fold") & (pl.col("policy") == CANDIDATE)
