@@ -22,9 +22,9 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from carry_env.config import EnvConfig
 from carry_env.env import CarryTradeEnv
 from carry_pipeline.lib.duckdb_io import default_database
+from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG
 from carry_pipeline.lib.features.carry import CarryFeaturesConfig
 from carry_pipeline.lib.trading.books import SimulatedExchangeBooks
 from carry_pipeline.lib.trading.champion import (
@@ -177,7 +177,7 @@ def paper_session(context: dg.OpExecutionContext, config: PaperTradingConfig) ->
         carry=CarryFeaturesConfig(higher_timeframes=tuple(config.higher_timeframes)),
         sentiment=_needs_sentiment(source, database),
     )
-    env_config = EnvConfig()
+    env_config = PIPELINE_ENV_CONFIG
     env = CarryTradeEnv(feed.market, env_config)
     policy = _policy(source, env, database)
     metrics = SessionMetrics(
