@@ -132,15 +132,16 @@ def test_batch_past_the_prefetch_distance_equals_single_envs(
 def test_batched_equals_single_envs_with_intrabar_margin_and_auto_add(
     stress_config: EnvConfig, mode: str
 ) -> None:
-    # Both legs' highs and lows, auto-add margin on, perps at 20x (isolated: collateral at a ratio
-    # of 10, so top-ups and intrabar liquidations happen; unified at 3x leverage for liquidations).
+    # Both legs' highs and lows, auto-add margin on, perps at 20x (isolated at 1.8x: collateral at
+    # a ratio of 10 and little free cash, so top-ups and liquidations after them happen; unified at
+    # 3x, near its line).
     cfg = dataclasses.replace(
         stress_config,
         random_start=True,
         episode_length=60,
         margin_mode=mode,
         perp_leverage=20.0,
-        leverage_cap=3.0 if mode == "unified" else 1.5,
+        leverage_cap=3.0 if mode == "unified" else 1.8,
         spot_collateral_haircut=0.9,
         leverage_limit=False,
         isolated_auto_add_margin=True,
