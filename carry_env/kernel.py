@@ -1053,14 +1053,13 @@ def _liquidate(
     # closed (`_close_account`) at the close's last prices when the close breaches (its ratio
     # `close_ratio` < 1), else, when only the bar's adverse extremes do, at the point of the path
     # to them where the account crossed the line (`_unified_crossing`). Isolated: only each perp
-    # whose own ratio is
-    # below 1 is closed, against its own collateral, at a mark (`_liquidate_perp_at`): the close's
-    # mark when the close breaches (a gap: the first price the env knows past the line), else its
-    # liquidation price when only the bar's adverse extreme does (the mark crossed the line inside
-    # the bar and the engine took the position over there). Either way the trader loses what
-    # collateral the position had left at that mark, as on an exchange. The spot margin account
-    # (cash and spot legs) is closed only when its own ratio is below 1; everything else stays
-    # open.
+    # whose own ratio is below 1 is closed, against its own collateral, at a mark
+    # (`_liquidate_perp_at`): the close's mark when the close breaches (a gap: the first price the
+    # env knows past the line), else its liquidation price when only the bar's adverse extreme
+    # does (the mark crossed the line inside the bar and the engine took the position over there).
+    # Either way the trader loses what collateral the position had left at that mark, as on an
+    # exchange. The spot margin account (cash and spot legs) is closed only when its own ratio is
+    # below 1; everything else stays open.
     n = as_.shape[1]
     if cfg[C_UNIFIED] > 0.0:
         lam = 0.0 if close_ratio < 1.0 else _unified_crossing(b, t, mkt, cfg, fs, as_)
