@@ -141,8 +141,12 @@ MUTATIONS: list[Mutation] = [
         path=_KERNEL,
         old="min(cash, spot_eq - SPOT_TRANSFER_LEVEL",
         new="min(spot_eq, spot_eq - SPOT_TRANSFER_LEVEL",
-        tests=("tests/env/test_kernel.py::test_auto_add_margin_never_borrows",),
-        note="Auto-add tops up from the spot account's equity, borrowing USDT when cash is spent.",
+        tests=(
+            "tests/env/test_kernel.py::test_auto_add_margin_never_borrows",
+            "tests/env/test_kernel.py::test_auto_add_margin_too_little_cash_then_intrabar_liquidation",
+        ),
+        note="Auto-add tops up from the spot account's equity, not its cash: it borrows USDT once"
+        " the cash is spent.",
     ),
     Mutation(
         id="margin-auto-add-at-the-close-mark",
