@@ -6,6 +6,7 @@ fractions, fields in basis points end in `_bps`, annual rates end in `_annual`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
@@ -72,7 +73,10 @@ C_FLASH_SPREAD_MULT = 55
 C_FLASH_SPREAD_BASIS = 56
 C_VOL_BARS = 57
 C_LIQ_ENDS = 58
-N_CONFIG = 59
+C_AUTO_ADD = 59
+C_AUTO_ADD_TRIGGER = 60
+C_AUTO_ADD_TARGET = 61
+N_CONFIG = 62
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ class EnvConfig:
     which half is the spot leg and half the perp leg."""
     perp_leverage: float = 3.0
     """Leverage of the isolated perp position: collateral posted = |perp notional| / perp_leverage,
-    reset each time the perp leg trades (no automatic top-ups in between, as on an exchange)."""
+    reset each time the perp leg trades (in between it moves only with the perp's P&L and funding,
+    unless `isolated_auto_add_margin` tops it up)."""
     margin_mode: Literal["isolated", "unified"] = "isolated"
     """`isolated`: only the perp leg's posted collateral backs it. `unified`: all equity backs every
     position, long spot counted at `(1 - spot_collateral_haircut)`."""
@@ -163,8 +168,10 @@ class EnvConfig:
 
     # ---- margin and liquidation ----
     margin: bool = True
-    """Enforce maintenance margin at the mark price (isolated perps also at the bar's adverse
-    `perp_high` / `perp_low` where the frame has them) and liquidate when a ratio falls below 1.
+    """Enforce maintenance margin at the mark price, also at the bar's adverse extremes where the
+    frame has them (isolated perps at `perp_high` / `perp_low`; the unified account at the
+    combination of `perp_high` / `perp_low` and `spot_high` / `spot_low` that is worst for its
+    legs), and liquidate when a ratio falls below 1.
     Off, nothing is liquidated, but a step that would end with negative equity still closes the
     account at zero (bankruptcy)."""
     maintenance_margin_rate: float = 0.005
@@ -184,6 +191,30 @@ class EnvConfig:
     episode going with what is left: in isolated mode the other legs stay open (the spot leg of a
     liquidated perp now unhedged); in unified mode the account has been closed as a whole. The
     penalty is charged either way; bankruptcy (equity <= 0) always ends the episode."""
+    isolated_auto_add_margin: bool = False
+    """Isolated mode: the venue's "auto-add margin" (Binance, Bybit). When a perp's margin ratio at
+    the close or at the bar's adverse extreme falls below `auto_add_margin_trigger`, free cash is
+    moved into its collateral until that ratio is back at `auto_add_margin_target` (a transfer:
+    equity unchanged, `info["margin_added"]`). Free cash is positive cash the spot margin account
+    can spare above its own maintenance: a top-up never borrows and never liquidates the spot
+    account. With too little, what there is goes in and the perp is liquidated as without the
+    option (its collateral, top-up included, is lost). Perps are topped up in asset order while
+    free cash lasts; no top-ups during a halt. Off by default, so `CarryTrade-v1` keeps its
+    dynamics and every figure measured on it; the pipeline's training, backtest and paper configs
+    turn it on (`carry_pipeline.lib.env_config`), because a carry desk runs hedged pairs with it:
+    without it the perp leg of a hedged pair is liquidated by a move its spot leg has gained on,
+    although the account as a whole is sound. Ignored in unified mode (no isolated collateral)."""
+    auto_add_margin_trigger: float = 2.0
+    """Margin ratio (collateral at the mark / maintenance margin) below which margin is added. 2:
+    collateral down to twice maintenance, 1 % of notional at the default 0.5 % maintenance rate, so
+    about half a percent of further adverse move from the liquidation line. Must exceed 1 (below 1
+    the perp is liquidated)."""
+    auto_add_margin_target: float = 10.0
+    """Margin ratio a top-up restores (at the price the trigger was met at). 10: collateral 5 % of
+    notional at the default maintenance rate (20x), about two daily BTC standard deviations of
+    adverse move before the next top-up, while not locking away more free cash than the other
+    perps may need (the default 3x posts a ratio of 67 when the leg trades). Must exceed the
+    trigger."""
 
     # ---- episode end ----
     drawdown_limit: float = 0.5
@@ -344,6 +375,20 @@ class EnvConfig:
                 f"flash_recovery_max={self.flash_recovery_max} is below "
                 f"flash_recovery_min={self.flash_recovery_min}"
             )
+        if not self.auto_add_margin_trigger > 1.0:
+            problems.append(
+                f"auto_add_margin_trigger={self.auto_add_margin_trigger!r} must be > 1 (a margin "
+                "ratio below 1 is liquidated)"
+            )
+        if not math.isfinite(self.auto_add_margin_target):
+            problems.append(
+                f"auto_add_margin_target={self.auto_add_margin_target!r} must be finite"
+            )
+        elif not self.auto_add_margin_target > self.auto_add_margin_trigger:
+            problems.append(
+                f"auto_add_margin_target={self.auto_add_margin_target!r} must exceed "
+                f"auto_add_margin_trigger={self.auto_add_margin_trigger!r}"
+            )
         if self.margin_mode not in ("isolated", "unified"):
             problems.append(f"margin_mode={self.margin_mode!r} must be 'isolated' or 'unified'")
         if self.slippage_model not in ("linear", "sqrt"):
@@ -428,4 +473,7 @@ class EnvConfig:
         v[C_FLASH_SPREAD_MULT] = self.flash_spread_mult
         v[C_FLASH_SPREAD_BASIS] = self.flash_spread_basis
         v[C_LIQ_ENDS] = float(self.liquidation_ends_episode)
+        v[C_AUTO_ADD] = float(self.isolated_auto_add_margin)
+        v[C_AUTO_ADD_TRIGGER] = self.auto_add_margin_trigger
+        v[C_AUTO_ADD_TARGET] = self.auto_add_margin_target
         return v

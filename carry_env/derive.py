@@ -161,6 +161,12 @@ def build_tensor(market: MarketData, config: EnvConfig) -> MarketTensor:
     m[:, :, k.M_MARK] = np.where(np.isnan(market.mark), market.perp, market.mark)
     m[:, :, k.M_HIGH_R] = np.where(np.isnan(market.perp_high), 1.0, market.perp_high / market.perp)
     m[:, :, k.M_LOW_R] = np.where(np.isnan(market.perp_low), 1.0, market.perp_low / market.perp)
+    m[:, :, k.M_SPOT_HIGH_R] = np.where(
+        np.isnan(market.spot_high), 1.0, market.spot_high / market.spot
+    )
+    m[:, :, k.M_SPOT_LOW_R] = np.where(
+        np.isnan(market.spot_low), 1.0, market.spot_low / market.spot
+    )
     m[:, :, k.M_LAG1H] = lag1
     m[:, :, k.M_LAG4H] = lag4
     return MarketTensor(

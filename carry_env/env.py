@@ -24,11 +24,11 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     spot on borrowed coins + long perp ("reverse carry"). The env replays every cash flow an
     exchange would book: funding at every settlement in the data (8 h, 4 h and 1 h intervals all
     work), maker/taker fees, half the spread, depth-based impact and a tick, interest on borrowed
-    coins and USDT, isolated (or unified) perp margin checked at the mark price (and, in isolated
-    mode, at the bar's adverse high or low) with liquidation at a haircut plus a liquidation fee, a
-    volatility-dependent leverage limit, and seeded anomalies (flash crashes with
-    basis blow-outs and thin books, exchange halts, funding spikes and sign flips, market-data
-    outages).
+    coins and USDT, isolated (or unified) perp margin checked at the mark price and at the bar's
+    adverse highs and lows, with liquidation at a haircut plus a liquidation fee and optional
+    isolated auto-add margin, a volatility-dependent leverage limit, and seeded anomalies (flash
+    crashes with basis blow-outs and thin books, exchange halts, funding spikes and sign flips,
+    market-data outages).
 
     Timing: the observation at bar t uses data stamped at or before t. Orders fill at bar t's prices
     (plus costs); the clock then moves to t + 1, where positions are marked, funding settled at t +
@@ -40,8 +40,18 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     mark (index plus a clamped moving average of the basis) would. The books and `price_pnl` mark
     at the last price. With `perp_high` / `perp_low` in the frame, each isolated perp is also
     checked at the bar's adverse extreme (high for a short, low for a long, carried to the mark as
-    `mark * extreme / close`); unified margin is checked at the close only (the frame has no spot
-    extremes to pair with the perps').
+    `mark * extreme / close`). The unified account is also checked with every leg at its adverse
+    extreme (long spot at `spot_low`, short spot at `spot_high`, perps as in isolated mode; a leg
+    without a range at its close): the combination of extremes that minimises the account's margin
+    surplus given its signs. It is a bound: the legs' extremes need not fall at the same moment, so
+    a hedged pair is charged both legs' adverse ranges at once.
+
+    Auto-add margin (`isolated_auto_add_margin`, off by default): before liquidating, the venue
+    tops up each isolated perp whose ratio at the close or the adverse extreme is below
+    `auto_add_margin_trigger` back to `auto_add_margin_target`, from free cash only (positive cash
+    the spot margin account can spare at twice its maintenance); `info["margin_added"]` books the
+    transfer, which moves no equity. With too little cash it adds what there is, and the perp is
+    then liquidated as without it.
 
     ## Action Space
     `Box(-1, 1, (N,), float32)`: per asset a weight `a`; the hedged notional is `size = a * equity *
@@ -118,9 +128,11 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     and the other assets stay open, now unhedged); unified margin liquidates the whole account, with
     equity floored at zero. An isolated perp liquidated at the close fills at the close's mark; one
     that breaches only at the bar's extreme fills at its liquidation price (the mark at which its
-    ratio is exactly 1), not at the close, so the bar's recovery is not credited; either way the
-    position's remaining collateral pays the haircut and fee and anything beyond the bankruptcy
-    price is `insurance_fund`. A step that would end with negative equity (margin off, or a move
+    ratio is exactly 1), not at the close, so the bar's recovery is not credited; a unified account
+    that breaches only at the extremes closes every leg where it crossed the line on the straight
+    path from the close to them. Either way what the position (or account) has left pays the
+    haircut and fee, and anything beyond the bankruptcy price is `insurance_fund`. A step that
+    would end with negative equity (margin off, or a move
     during a halt) is a bankruptcy: the venue closes every leg, equity ends at exactly 0 and the
     shortfall is `insurance_fund`. `truncated` at the end of the data or after `episode_length`
     bars.
@@ -164,8 +176,11 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
       the flash event's basis blow-out; v0 used the last price, so a flash spike of the perp alone
       could liquidate a hedged book); isolated margin is also checked at the bar's adverse
       `perp_high` / `perp_low` (v0 checked closes only: at `perp_leverage=10` six real BTC 8 h
-      candles breach at their low and v0 liquidated none); equity never ends a step below zero,
-      in either mode, even with margin off or halted (v0 let it go negative).
+      candles breach at their low and v0 liquidated none), and unified margin with every leg at
+      its adverse extreme (optional `spot_high` / `spot_low` columns), liquidating where the
+      account crosses the line; optional isolated auto-add margin (`isolated_auto_add_margin`,
+      off by default, `info["margin_added"]`), which the pipeline turns on; equity never ends a
+      step below zero, in either mode, even with margin off or halted (v0 let it go negative).
     - v0: first release.
     """
 

@@ -9,14 +9,16 @@ split path (an injected executor between planning and applying) run the same cod
 2. `sim_fill_env`: the simulated executor: full fills at mid, charged fees, half-spread, depth
    impact and tick.
 3. `apply_env`: book fills, move the clock one bar, mark to market, settle funding, accrue borrow,
-   check margin (at the close and the bar's adverse extreme) and liquidate, close a bankrupt
-   account, compute the reward, write info and the next observation.
+   check margin (at the close and the bar's adverse extremes), top up isolated collateral from
+   free cash (auto-add margin, when on) and liquidate, close a bankrupt account, compute the
+   reward, write info and the next observation.
 
 Accounting (all in quote currency): `equity = cash + sum(spot_qty * spot_price) + sum(collateral)`.
 Perp variation margin and funding are booked to the isolated collateral (unified mode: to cash), so
 every step `equity[t+1] - equity[t] == funding + price_pnl - fees - slippage - borrow -
 liquidation_loss + insurance_fund` holds exactly (`insurance_fund` >= 0: the part of a gap through
-the bankruptcy price that the venue's insurance fund absorbs, and a bankrupt account's shortfall).
+the bankruptcy price that the venue's insurance fund absorbs, and a bankrupt account's shortfall;
+auto-add margin moves cash into collateral, which changes neither equity nor any term).
 Funding and margin use the mark price (`mark_price`); the books and `price_pnl` use the last price.
 
 State and outputs are arrays indexed by the constants below; the `CarryTradeEnv` docstring documents
@@ -40,6 +42,9 @@ from carry_env import anomalies as an
 from carry_env.config import (
     C_ALLOW_REVERSE,
     C_ANOMALIES,
+    C_AUTO_ADD,
+    C_AUTO_ADD_TARGET,
+    C_AUTO_ADD_TRIGGER,
     C_BAND,
     C_BAR_YEARS,
     C_BORROW,
@@ -163,7 +168,9 @@ M_LOG_DEPTH = 22  # log10(min(spot depth, perp depth) / 1e6)
 M_MARK = 23  # mark price of the perp: the frame's mark_price, else the perp price (no anomalies)
 M_HIGH_R = 24  # perp high / perp close of the bar (1 where the frame has no high)
 M_LOW_R = 25  # perp low / perp close of the bar (1 where the frame has no low)
-N_MKT = 26
+M_SPOT_HIGH_R = 26  # spot high / spot close of the bar (1 where the frame has no high)
+M_SPOT_LOW_R = 27  # spot low / spot close of the bar (1 where the frame has no low)
+N_MKT = 28
 
 # ---- per-env float state fs[B, F_*] ----
 F_CASH = 0
@@ -205,7 +212,7 @@ A_PX_P = 18
 A_MR = 19  # isolated margin ratio of the perp leg (inf when flat; unified: the account's ratio)
 A_SEEN_S = 20  # last prices the observation saw (they stand in for the marks during an outage)
 A_SEEN_P = 21
-A_MR_BAR = 22  # isolated margin ratio at the bar's adverse extreme (inf when flat or unified)
+A_MR_BAR = 22  # margin ratio at the bar's adverse extreme (inf when flat; unified: the account's)
 N_AS = 23
 
 # ---- per-env int state is_[B, I_*] ----
@@ -243,7 +250,8 @@ K_MAX_LEVERAGE = 19
 K_INSURANCE = (
     20  # loss beyond the liquidated collateral (or, unified, the equity), paid by the venue
 )
-N_INFO = 21
+K_MARGIN_ADDED = 21  # cash moved into isolated collateral by auto-add margin (a transfer)
+N_INFO = 22
 INFO_NAMES = (
     "equity",
     "cash",
@@ -266,6 +274,7 @@ INFO_NAMES = (
     "risk_penalty",
     "max_leverage",
     "insurance_fund",
+    "margin_added",
 )
 
 # ---- flags[B, G_*] (bool; a separate contiguous array, so batched infos copy it in one piece) ----
@@ -300,6 +309,10 @@ OBS_ASSET_MARKET = 15
 OBS_ASSET_PORTFOLIO = 4
 OBS_GLOBAL = 11
 MARGIN_RATIO_CAP = 1.0e6
+SPOT_TRANSFER_LEVEL = 2.0
+"""Auto-add margin moves cash out of the spot margin account only while that account stays at this
+multiple of its maintenance (margin venues allow transfers out only well above the liquidation
+level: Binance cross margin at a margin level of 2)."""
 OBS_LIMIT = 1.0e6
 """Observations are clipped to +-OBS_LIMIT (user features or near-zero equity could exceed it)."""
 
@@ -737,25 +750,123 @@ def _margin_ratios(
 
 
 @_jit(inline="always")
+def _perp_extreme(b: int, i: int, t: int, mkt: np.ndarray, as_: np.ndarray) -> float:
+    # Price multiple of asset i's perp at its adverse extreme of bar t: low / close for a long,
+    # high / close for a short (1 where the frame has no range).
+    return mkt[t, i, M_LOW_R] if as_[b, i, A_PERP] > 0.0 else mkt[t, i, M_HIGH_R]
+
+
+@_jit(inline="always")
+def _spot_extreme(b: int, i: int, t: int, mkt: np.ndarray, as_: np.ndarray) -> float:
+    # The same for asset i's spot leg (a long loses at the low, a short at the high).
+    return mkt[t, i, M_SPOT_LOW_R] if as_[b, i, A_SPOT] > 0.0 else mkt[t, i, M_SPOT_HIGH_R]
+
+
+@_jit(inline="always")
+def _unified_path(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> tuple[float, float, float, float, float, float]:
+    """The unified account's margin on the straight path from bar t's close (`lam = 0`) to every
+    leg's adverse extreme of the bar (`lam = 1`: `_spot_extreme`, `_perp_extreme`), each point
+    valued as `_margin_ratios` values a close.
+
+    Margin equity `E(lam) = e0 + lam * de`; requirement `R(lam) = r0 + lam * dr + spot_mmr *
+    max(-(cash + lam * dc), 0)`, where `dc` is the perp variation margin the move books to cash
+    (the negative part of cash is borrowed USDT). Returns `(e0, de, r0, dr, cash, dc)`.
+
+    Taking each leg at its adverse extreme minimises the surplus `E - R` at `lam = 1`, which
+    decides a breach (the ratio `E / R` is below 1 iff `E < R`): a long spot leg at its low and a
+    short one at its high lower E (the short also raises R), a short perp at its high lowers E and
+    raises R, and a long perp at its low lowers E by its move and R by `mmr` times it.
+    """
+    h = cfg[C_SPOT_HAIRCUT]
+    mmr = cfg[C_MMR]
+    smmr = cfg[C_SPOT_MMR]
+    cash = fs[b, F_CASH]
+    e0 = cash
+    de = 0.0
+    r0 = 0.0
+    dr = 0.0
+    dc = 0.0
+    for i in range(as_.shape[1]):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        m = mark_price(b, i, t, mkt, fs, as_, cfg)
+        qs = as_[b, i, A_SPOT]
+        qp = as_[b, i, A_PERP]
+        ds = s * (_spot_extreme(b, i, t, mkt, as_) - 1.0)
+        rp = _perp_extreme(b, i, t, mkt, as_) - 1.0
+        w = qs * (1.0 - h) if qs > 0.0 else qs  # margin value of the spot leg per unit of price
+        e0 += w * s + as_[b, i, A_COLL] + qp * (m - p)
+        de += w * ds + qp * m * rp
+        short = max(-qs, 0.0)
+        r0 += mmr * abs(qp) * m + smmr * short * s
+        dr += mmr * abs(qp) * m * rp + smmr * short * ds
+        dc += qp * p * rp
+    return e0, de, r0, dr, cash, dc
+
+
+@_jit(inline="always")
+def _unified_crossing(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> float:
+    """Where on `_unified_path` the unified account's surplus `E - R` reaches 0: the fraction
+    `lam` in [0, 1] of the way from the close to the adverse extremes at which an account that
+    breaches only inside the bar is liquidated (the venue takes it over on the line, not at the
+    extreme, as an isolated perp fills at its liquidation price).
+
+    The surplus is linear in `lam` but for the kink where cash crosses 0 (USDT starts to be
+    borrowed) and concave, so it crosses 0 once; the crossing is solved exactly on the linear piece
+    where the sign changes. 0 when the close itself is on or below the line.
+    """
+    e0, de, r0, dr, cash, dc = _unified_path(b, t, mkt, cfg, fs, as_)
+    smmr = cfg[C_SPOT_MMR]
+    lo = 0.0
+    f_lo = e0 - r0 - smmr * max(-cash, 0.0)
+    hi = 1.0
+    f_hi = e0 + de - r0 - dr - smmr * max(-(cash + dc), 0.0)
+    if f_lo <= 0.0:
+        return 0.0
+    if f_hi >= 0.0:
+        return 1.0
+    if dc != 0.0:
+        kink = -cash / dc
+        if 0.0 < kink < 1.0:
+            f_kink = e0 - r0 + kink * (de - dr)  # no borrowed USDT at the kink
+            if f_kink < 0.0:
+                hi, f_hi = kink, f_kink
+            else:
+                lo, f_lo = kink, f_kink
+    return lo + (hi - lo) * f_lo / (f_lo - f_hi)
+
+
+@_jit(inline="always")
 def _bar_ratios(
     b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
 ) -> float:
-    """Isolated margin ratios at the bar's adverse extremes; returns the lowest (inf if none).
+    """Margin ratios at the bar's adverse extremes; returns the lowest (inf if none).
 
-    Fills `as_[b, i, A_MR_BAR]`: the ratio of asset i's perp with the mark at `mark * low / close`
-    for a long perp, `mark * high / close` for a short one (the data's intrabar range of the last
-    price, carried over to the mark). Where the frame has no high/low the ratio is the close's.
-    Unified mode leaves them at inf: the account's spot legs move with its perps within the bar,
-    and the frame has no spot extremes to pair them with, so unified margin is checked at the close.
+    Isolated: fills `as_[b, i, A_MR_BAR]`: the ratio of asset i's perp with the mark at `mark *
+    low / close` for a long perp, `mark * high / close` for a short one (the data's intrabar range
+    of the last price, carried over to the mark). Unified: the account's ratio with every leg at
+    its adverse extreme (`_unified_path` at `lam = 1`: the perps' range carried to the mark as in
+    isolated mode, the spot legs' from `spot_high` / `spot_low`), in `A_MR_BAR` of each asset with
+    a perp (as `A_MR` holds the close's). A leg without a range in the frame counts at its close.
     """
     worst = np.inf
     n = as_.shape[1]
     mmr = cfg[C_MMR]
-    unified = cfg[C_UNIFIED] > 0.0
+    if cfg[C_UNIFIED] > 0.0:
+        e0, de, r0, dr, cash, dc = _unified_path(b, t, mkt, cfg, fs, as_)
+        req = r0 + dr + cfg[C_SPOT_MMR] * max(-(cash + dc), 0.0)
+        if req > 0.0:
+            worst = (e0 + de) / req
+        for i in range(n):
+            as_[b, i, A_MR_BAR] = worst if as_[b, i, A_PERP] != 0.0 else np.inf
+        return worst
     for i in range(n):
         q = as_[b, i, A_PERP]
         as_[b, i, A_MR_BAR] = np.inf
-        if q == 0.0 or unified:
+        if q == 0.0:
             continue
         s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
         x = mark_price(b, i, t, mkt, fs, as_, cfg)
@@ -763,6 +874,61 @@ def _bar_ratios(
         as_[b, i, A_MR_BAR] = (as_[b, i, A_COLL] + q * (x - p)) / (mmr * abs(q) * x)
         worst = min(worst, as_[b, i, A_MR_BAR])
     return worst
+
+
+@_jit(inline="always")
+def _free_cash(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> float:
+    """Cash an auto-add may move into isolated collateral at bar t: positive cash, less what keeps
+    the spot margin account (cash and spot legs against the borrowed coins) at `SPOT_TRANSFER_LEVEL`
+    times its maintenance, so a top-up never borrows USDT and never leaves the spot account on the
+    edge of its own liquidation."""
+    cash = fs[b, F_CASH]
+    if cash <= 0.0:
+        return 0.0
+    spot_eq = cash
+    liab = 0.0
+    for i in range(as_.shape[1]):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        q = as_[b, i, A_SPOT]
+        spot_eq += q * s
+        liab += max(-q, 0.0) * s
+    return max(0.0, min(cash, spot_eq - SPOT_TRANSFER_LEVEL * cfg[C_SPOT_MMR] * liab))
+
+
+@_jit(inline="always")
+def _auto_add_margin(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> float:
+    """Isolated auto-add margin at bar t (`EnvConfig.isolated_auto_add_margin`); returns the cash
+    moved into collateral. Reads the ratios `_margin_ratios` and `_bar_ratios` just wrote.
+
+    A perp whose lower ratio, at the close (`A_MR`) or at the bar's adverse extreme (`A_MR_BAR`),
+    is below the trigger gets `(target - ratio) * mmr * |qty| * x`, `x` the mark that ratio was
+    taken at: a ratio rises by `d / (mmr * |qty| * x)` per `d` of collateral, so this is exactly
+    what brings it back to the target. Perps go in asset order while free cash lasts
+    (`_free_cash`); one that needs more than is left gets what is left. Cash to collateral is a
+    transfer: equity and every cash-flow term of the step are unchanged.
+    """
+    mmr = cfg[C_MMR]
+    trigger = cfg[C_AUTO_ADD_TRIGGER]
+    free = _free_cash(b, t, mkt, cfg, fs, as_)
+    added = 0.0
+    for i in range(as_.shape[1]):
+        q = as_[b, i, A_PERP]
+        low = min(as_[b, i, A_MR], as_[b, i, A_MR_BAR])
+        if q == 0.0 or not low < trigger or free <= 0.0:
+            continue
+        x = mark_price(b, i, t, mkt, fs, as_, cfg)
+        if as_[b, i, A_MR_BAR] < as_[b, i, A_MR]:
+            x *= _perp_extreme(b, i, t, mkt, as_)
+        d = min((cfg[C_AUTO_ADD_TARGET] - low) * mmr * abs(q) * x, free)
+        as_[b, i, A_COLL] += d
+        fs[b, F_CASH] -= d
+        free -= d
+        added += d
+    return added
 
 
 @_jit(inline="always")
@@ -790,19 +956,30 @@ def _absorb(before: float, cost: float) -> tuple[float, float, float]:
 
 @_jit(inline="always")
 def _close_spot(
-    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
-) -> float:
-    # Sell (or buy back) every spot leg at the liquidation haircut into cash; returns the haircut.
+    b: int,
+    t: int,
+    lam: float,
+    mkt: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+) -> tuple[float, float]:
+    # Sell (or buy back) every spot leg at the liquidation haircut into cash, at the price `lam` of
+    # the way from bar t's close to the leg's adverse extreme (0: the close). Returns (the haircut,
+    # the price P&L of the move from the close to that price).
     h = cfg[C_LIQ_HAIRCUT]
     cost = 0.0
+    moved = 0.0
     for i in range(as_.shape[1]):
-        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        close, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
         q = as_[b, i, A_SPOT]
+        s = close * (1.0 + lam * (_spot_extreme(b, i, t, mkt, as_) - 1.0))
+        moved += q * (s - close)
         fs[b, F_CASH] += q * s
         cost += abs(q) * s * h
         as_[b, i, A_SPOT] = 0.0
         as_[b, i, A_SPOT_AVG] = 0.0
-    return cost
+    return cost, moved
 
 
 @_jit(inline="always")
@@ -816,22 +993,35 @@ def _close_perp(b: int, i: int, p: float, cfg: np.ndarray, as_: np.ndarray) -> f
 
 @_jit(inline="always")
 def _close_account(
-    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
-) -> tuple[float, float]:
+    b: int,
+    t: int,
+    lam: float,
+    mkt: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
+) -> tuple[float, float, float]:
     # Close every leg of env b at the liquidation haircut (perps also pay the liquidation fee) and
-    # floor what is left at zero; returns (liquidation loss, insurance fund). A unified
-    # liquidation, and a bankruptcy in either mode.
+    # floor what is left at zero; returns (liquidation loss, insurance fund, price P&L change). A
+    # unified liquidation, and a bankruptcy in either mode. The legs close at the last prices `lam`
+    # of the way from bar t's close to their adverse extremes (`_unified_crossing`; 0: the close):
+    # the move from the close is re-booked as price P&L.
     before = fs[b, F_CASH]
     cost = 0.0
+    moved = 0.0
     for i in range(as_.shape[1]):
         s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        x = p * (1.0 + lam * (_perp_extreme(b, i, t, mkt, as_) - 1.0))
+        moved += as_[b, i, A_PERP] * (x - p)
         before += as_[b, i, A_SPOT] * s + as_[b, i, A_COLL]
-        cost += _close_perp(b, i, p, cfg, as_)
+        cost += _close_perp(b, i, x, cfg, as_)
         as_[b, i, A_COLL] = 0.0
-    cost += _close_spot(b, t, mkt, cfg, fs, as_)
-    rest, loss, insurance = _absorb(before, cost)
+    spot_cost, spot_moved = _close_spot(b, t, lam, mkt, cfg, fs, as_)
+    cost += spot_cost
+    moved += spot_moved
+    rest, loss, insurance = _absorb(before + moved, cost)
     fs[b, F_CASH] = rest
-    return loss, insurance
+    return loss, insurance, moved
 
 
 @_jit(inline="always")
@@ -851,21 +1041,29 @@ def _liquidate_perp_at(
 
 @_jit(inline="always")
 def _liquidate(
-    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+    b: int,
+    t: int,
+    close_ratio: float,
+    mkt: np.ndarray,
+    cfg: np.ndarray,
+    fs: np.ndarray,
+    as_: np.ndarray,
 ) -> tuple[float, float, float]:
     # Returns (liquidation loss, insurance fund, price P&L change). Unified: the whole account is
-    # closed at the last prices (`_close_account`). Isolated: only each perp whose own ratio is
-    # below 1 is closed, against its own collateral, at a mark (`_liquidate_perp_at`): the close's
-    # mark when the close breaches (a gap: the first price the env knows past the line), else its
-    # liquidation price when only the bar's adverse extreme does (the mark crossed the line inside
-    # the bar and the engine took the position over there). Either way the trader loses what
-    # collateral the position had left at that mark, as on an exchange. The spot margin account
-    # (cash and spot legs) is closed only when its own ratio is below 1; everything else stays
-    # open.
+    # closed (`_close_account`) at the close's last prices when the close breaches (its ratio
+    # `close_ratio` < 1), else, when only the bar's adverse extremes do, at the point of the path
+    # to them where the account crossed the line (`_unified_crossing`). Isolated: only each perp
+    # whose own ratio is below 1 is closed, against its own collateral, at a mark
+    # (`_liquidate_perp_at`): the close's mark when the close breaches (a gap: the first price the
+    # env knows past the line), else its liquidation price when only the bar's adverse extreme
+    # does (the mark crossed the line inside the bar and the engine took the position over there).
+    # Either way the trader loses what collateral the position had left at that mark, as on an
+    # exchange. The spot margin account (cash and spot legs) is closed only when its own ratio is
+    # below 1; everything else stays open.
     n = as_.shape[1]
     if cfg[C_UNIFIED] > 0.0:
-        loss, insurance = _close_account(b, t, mkt, cfg, fs, as_)
-        return loss, insurance, 0.0
+        lam = 0.0 if close_ratio < 1.0 else _unified_crossing(b, t, mkt, cfg, fs, as_)
+        return _close_account(b, t, lam, mkt, cfg, fs, as_)
     loss = 0.0
     insurance = 0.0
     price_pnl = 0.0
@@ -891,7 +1089,7 @@ def _liquidate(
         spot_eq += q * s
         liab += max(-q, 0.0) * s
     if liab > 0.0 and spot_eq < cfg[C_SPOT_MMR] * liab:
-        cost = _close_spot(b, t, mkt, cfg, fs, as_)
+        cost, moved = _close_spot(b, t, 0.0, mkt, cfg, fs, as_)
         rest, lost, absorbed = _absorb(spot_eq, cost)
         fs[b, F_CASH] = rest
         loss += lost
@@ -994,11 +1192,20 @@ def apply_env(
     flags[b, G_HALTED] = halted1
     ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
     worst = min(ratio, _bar_ratios(b, t1, mkt, cfg, fs, as_))
+    # Auto-add margin (isolated, when on): free cash tops up the perps near the line first, as the
+    # venue's engine does before it liquidates; then the ratios are taken again.
+    margin_added = 0.0
+    if cfg[C_AUTO_ADD] > 0.0 and worst < cfg[C_AUTO_ADD_TRIGGER]:
+        if not unified and cfg[C_MARGIN] > 0.0 and not halted1:
+            margin_added = _auto_add_margin(b, t1, mkt, cfg, fs, as_)
+        if margin_added > 0.0:
+            ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
+            worst = min(_bar_ratios(b, t1, mkt, cfg, fs, as_), ratio)
     liq_loss = 0.0
     insurance = 0.0
     liquidated = False
     if cfg[C_MARGIN] > 0.0 and not halted1 and worst < 1.0:
-        liq_loss, insurance, repriced = _liquidate(b, t1, mkt, cfg, fs, as_)
+        liq_loss, insurance, repriced = _liquidate(b, t1, ratio, mkt, cfg, fs, as_)
         price_pnl += repriced
         liquidated = True
         ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
@@ -1006,7 +1213,7 @@ def apply_env(
     if e1 < 0.0:
         # Bankrupt (margin off, or halted): the venue closes the account and its insurance fund
         # takes the shortfall, so equity never ends a step below zero.
-        lost, absorbed = _close_account(b, t1, mkt, cfg, fs, as_)
+        lost, absorbed, moved = _close_account(b, t1, 0.0, mkt, cfg, fs, as_)
         liq_loss += lost
         insurance += absorbed
         ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
@@ -1048,6 +1255,7 @@ def apply_env(
     info[b, K_BORROW] = borrow
     info[b, K_LIQ_LOSS] = liq_loss
     info[b, K_INSURANCE] = insurance
+    info[b, K_MARGIN_ADDED] = margin_added
     flags[b, G_LIQUIDATED] = liquidated
     info[b, K_MARGIN_RATIO] = fs[b, F_MARGIN_RATIO]
     info[b, K_DRAWDOWN] = dd

@@ -4,9 +4,9 @@ The market frame (see ARCHITECTURE.md) has one row per bar per symbol: `ts` (UTC
 values are known), `symbol`, `spot_price`, `perp_price`, `funding_rate` (settled at `ts`; null where
 none settles), and optionally `spot_depth_usd`, `perp_depth_usd`, `spread_bps`, `sentiment`,
 `funding_interval_hours` (checked against the spacing of settlements, then dropped), the price
-detail `mark_price`, `perp_high`, `perp_low` (see `PRICE_DETAIL_COLUMNS`) and feature columns
-prefixed `f_`. Polars or pandas come in at this boundary only; everything after it
-is numpy.
+detail `mark_price`, `perp_high`, `perp_low`, `spot_high`, `spot_low` (see
+`PRICE_DETAIL_COLUMNS`) and feature columns prefixed `f_`. Polars or pandas come in at this
+boundary only; everything after it is numpy.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ if TYPE_CHECKING:
 
 REQUIRED_COLUMNS = ("ts", "symbol", "spot_price", "perp_price", "funding_rate")
 OPTIONAL_COLUMNS = ("spot_depth_usd", "perp_depth_usd", "spread_bps", "sentiment")
-PRICE_DETAIL_COLUMNS = ("mark_price", "perp_high", "perp_low")
+PRICE_DETAIL_COLUMNS = ("mark_price", "perp_high", "perp_low", "spot_high", "spot_low")
 """Optional, and null wherever unknown (never forward-filled): `mark_price` is the venue's mark of
 the perp at the bar (the pipeline's `raw_funding_rates.mark_price`, often known at settlements
 only); funding and margin use it where present and the perp price where not (`carry_env.kernel`).
-`perp_high` / `perp_low` are the extremes of the perp's last price over the bar that ends at `ts`
-(the pipeline's `market_bars` OHLC); where present, maintenance margin is also checked at the
-adverse extreme, not only at the close."""
+`perp_high` / `perp_low` and `spot_high` / `spot_low` are the extremes of each leg's price over the
+bar that ends at `ts` (the pipeline's `market_bars` OHLC); where present, maintenance margin is
+also checked at the adverse extreme, not only at the close (isolated perps at the perp's, the
+unified account at both legs'; a leg without them counts at its close)."""
 MAX_MARK_DEVIATION = 0.5
 """A mark more than 50 % away from the perp price of its bar is another market's mark (or a unit
 error), not a basis."""
@@ -73,6 +74,10 @@ class MarketData:
     """Highest perp price within the bar (`perp_high`); NaN where unknown."""
     perp_low: np.ndarray
     """Lowest perp price within the bar (`perp_low`); NaN where unknown."""
+    spot_high: np.ndarray
+    """Highest spot price within the bar (`spot_high`); NaN where unknown."""
+    spot_low: np.ndarray
+    """Lowest spot price within the bar (`spot_low`); NaN where unknown."""
     features: np.ndarray
     """`[T, N, F]` float64 user features (`f_*` columns); 0 before a feature's first value (warm-
     up).
@@ -138,6 +143,8 @@ class MarketData:
             mark=self.mark[sl],
             perp_high=self.perp_high[sl],
             perp_low=self.perp_low[sl],
+            spot_high=self.spot_high[sl],
+            spot_low=self.spot_low[sl],
             features=self.features[sl],
         )
 
@@ -270,6 +277,8 @@ def _build(df: pl.DataFrame, max_stale_bars: int) -> MarketData:
         mark=cols["mark_price"],
         perp_high=cols["perp_high"],
         perp_low=cols["perp_low"],
+        spot_high=cols["spot_high"],
+        spot_low=cols["spot_low"],
         features=feats,
         feature_names=feature_names,
     )
@@ -351,18 +360,20 @@ def _check_values(cols: dict[str, np.ndarray], symbols: tuple[str, ...], grid: n
 def _check_price_detail(
     cols: dict[str, np.ndarray], symbols: tuple[str, ...], grid: np.ndarray
 ) -> None:
-    """The bar's extremes must contain its close, and a mark must be near its perp price.
+    """Each leg's extremes of a bar must contain its close, and a mark must be near its perp price.
 
     Raises:
-        ValueError: `perp_low > perp_price`, `perp_high < perp_price`, `perp_low > perp_high`, or
-            a mark more than `MAX_MARK_DEVIATION` from the perp price; the message names the
-            column, the symbol and the first bad bar.
+        ValueError: `perp_low > perp_price`, `perp_high < perp_price`, `perp_low > perp_high` (and
+            the same for `spot_*`), or a mark more than `MAX_MARK_DEVIATION` from the perp price;
+            the message names the column, the symbol and the first bad bar.
     """
-    perp, high, low, mark = (cols[c] for c in ("perp_price", "perp_high", "perp_low", "mark_price"))
+    perp, mark = cols["perp_price"], cols["mark_price"]
     with np.errstate(invalid="ignore"):
-        _raise_if(high < perp, "column perp_high is below perp_price", symbols, grid)
-        _raise_if(low > perp, "column perp_low is above perp_price", symbols, grid)
-        _raise_if(low > high, "column perp_low is above perp_high", symbols, grid)
+        for leg in ("perp", "spot"):
+            close, high, low = (cols[f"{leg}_{c}"] for c in ("price", "high", "low"))
+            _raise_if(high < close, f"column {leg}_high is below {leg}_price", symbols, grid)
+            _raise_if(low > close, f"column {leg}_low is above {leg}_price", symbols, grid)
+            _raise_if(low > high, f"column {leg}_low is above {leg}_high", symbols, grid)
         _raise_if(
             np.abs(mark / perp - 1.0) > MAX_MARK_DEVIATION,
             f"column mark_price is more than {MAX_MARK_DEVIATION:.0%} away from perp_price "

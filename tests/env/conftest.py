@@ -41,10 +41,12 @@ def make_frame(
     mark: Sequence[float | None] | None = None,
     perp_high: Sequence[float | None] | None = None,
     perp_low: Sequence[float | None] | None = None,
+    spot_high: Sequence[float | None] | None = None,
+    spot_low: Sequence[float | None] | None = None,
 ) -> pl.DataFrame:
     """One symbol on a 15-minute grid from 2024-01-01 00:00 UTC; funding None where nothing
-    settles; `mark`, `perp_high`, `perp_low` become the optional price-detail columns (None where
-    unknown)."""
+    settles; `mark`, `perp_high`, `perp_low`, `spot_high`, `spot_low` become the optional
+    price-detail columns (None where unknown)."""
     n = len(spot)
     cols: dict[str, object] = {
         "ts": [T0 + i * BAR for i in range(n)],
@@ -58,7 +60,13 @@ def make_frame(
         cols["perp_depth_usd"] = [depth] * n
     if spread_bps is not None:
         cols["spread_bps"] = [spread_bps] * n
-    detail = {"mark_price": mark, "perp_high": perp_high, "perp_low": perp_low}
+    detail = {
+        "mark_price": mark,
+        "perp_high": perp_high,
+        "perp_low": perp_low,
+        "spot_high": spot_high,
+        "spot_low": spot_low,
+    }
     cols.update({name: list(x) for name, x in detail.items() if x is not None})
     floats = {name: pl.Float64 for name in ("funding_rate", *detail) if name in cols}
     return pl.DataFrame(cols, schema_overrides=floats)
@@ -93,6 +101,28 @@ def random_frame(
             ).with_columns(pl.col("funding_rate").fill_nan(None))
         )
     return pl.concat(parts)
+
+
+def with_price_detail(frame: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """`frame` with a mark within a few bp of the perp on about half the bars (null elsewhere) and
+    both legs' intrabar extremes up to a few % beyond the close, so marks, intrabar liquidations
+    (isolated and unified) and auto-add top-ups all occur."""
+    rng = np.random.default_rng(seed)
+    n = frame.height
+    perp = frame.get_column("perp_price").to_numpy()
+    spot = frame.get_column("spot_price").to_numpy()
+    mark = np.where(rng.random(n) < 0.5, perp * (1.0 + rng.normal(0.0, 5e-4, n)), np.nan)
+
+    def beyond(close: np.ndarray, sign: float) -> pl.Series:
+        return pl.Series(close * (1.0 + sign * np.abs(rng.normal(0.0, 0.01, n))))
+
+    return frame.with_columns(
+        mark_price=pl.Series(mark).fill_nan(None),
+        perp_high=beyond(perp, 1.0),
+        perp_low=beyond(perp, -1.0),
+        spot_high=beyond(spot, 1.0),
+        spot_low=beyond(spot, -1.0),
+    )
 
 
 FRICTIONLESS = EnvConfig(

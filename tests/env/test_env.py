@@ -24,9 +24,10 @@ from carry_env import (
 )
 from carry_env.vector import CarryTradeVectorEnv
 
-from .conftest import random_frame
+from .conftest import random_frame, with_price_detail
 
 MARKET = MarketData.from_frame(random_frame(seed=3, n_bars=500))
+MARKET_DETAIL = MarketData.from_frame(with_price_detail(random_frame(seed=3, n_bars=500), 4))
 
 
 def _rollout(env: gym.Env, seed: int, n: int, action_seed: int = 0) -> list[tuple]:
@@ -234,10 +235,20 @@ class _HalfFills:
         return Fills(orders.spot_qty / 2, orders.perp_qty / 2, zero, zero, zero)
 
 
-def test_split_path_equals_fused_path(stress_config: EnvConfig) -> None:
-    fused = CarryTradeEnv(MARKET, stress_config)
-    split_exec = _SplitSim(stress_config.to_vector(MARKET.bar_seconds))
-    split = CarryTradeEnv(MARKET, stress_config, executor=split_exec)
+@pytest.mark.parametrize("margin", ["close", "isolated_intrabar_auto_add", "unified_intrabar"])
+def test_split_path_equals_fused_path(stress_config: EnvConfig, margin: str) -> None:
+    market, config = MARKET, stress_config
+    if margin != "close":  # both legs' highs and lows, perps at 20x, auto-add margin on
+        market = MARKET_DETAIL
+        config = dataclasses.replace(
+            stress_config,
+            perp_leverage=20.0,
+            isolated_auto_add_margin=True,
+            margin_mode="unified" if margin == "unified_intrabar" else "isolated",
+        )
+    fused = CarryTradeEnv(market, config)
+    split_exec = _SplitSim(config.to_vector(market.bar_seconds))
+    split = CarryTradeEnv(market, config, executor=split_exec)
     a = _rollout(fused, seed=4, n=300)
     b = _rollout(split, seed=4, n=300)
     assert split_exec.calls >= 300

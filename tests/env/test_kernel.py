@@ -577,3 +577,148 @@ def test_funding_anomalies_spike_or_flip_the_print() -> None:
             assert 15e-4 - 1e-12 <= abs(rate) <= 30e-4 + 1e-12
             spikes += 1
     assert flips > 50 and spikes > 50
+
+
+AUTO_ADD = _cfg(perp_leverage=10.0, isolated_auto_add_margin=True)
+"""Isolated auto-add margin at its defaults (top up below a margin ratio of 2, back to 10), perps at
+10x so moderate moves reach the trigger."""
+
+
+def test_auto_add_margin_tops_up_the_perp_of_a_hedged_pair() -> None:
+    # a = 0.5: 375 coins and -375 perps at 100, collateral 37,500 / 10 = 3,750, cash 100,000 -
+    # 37,500 - 3,750 = 58,750. Both legs +10 %: the short perp loses 3,750, its collateral is 0
+    # (ratio 0: liquidated without the option). Auto-add restores a ratio of 10 at the mark:
+    # 10 * 0.5 % * 375 * 110 = 2,062.5 moves from cash to collateral. The spot leg gained what
+    # the perp lost: equity stays 100,000, nothing is liquidated.
+    env = _env(AUTO_ADD, spot=[100.0, 110.0, 110.0])
+    _, reward, terminated, _, info = env.step(np.array([0.5]))
+    assert not info["liquidated"] and not terminated
+    assert info["margin_added"] == pytest.approx(2_062.5)
+    assert info["collateral"][0] == pytest.approx(2_062.5)
+    assert info["cash"] == pytest.approx(58_750.0 - 2_062.5)
+    assert info["margin_ratio"] == pytest.approx(10.0)
+    assert info["equity"] == pytest.approx(100_000.0)
+    assert info["equity"] - 100_000 == pytest.approx(booked_flows(info), abs=1e-9)
+    assert reward == pytest.approx(0.0, abs=1e-9)  # a transfer: no term of the reward moves
+    _, _, _, _, info = env.step(np.array([0.5]))  # ratio 10 >= 2: nothing more is added
+    assert info["margin_added"] == 0.0
+    off = _env(dataclasses.replace(AUTO_ADD, isolated_auto_add_margin=False), spot=[100.0, 110.0])
+    _, _, _, _, info = off.step(np.array([0.5]))
+    assert info["liquidated"] and info["margin_added"] == 0.0
+
+
+def test_auto_add_margin_restores_the_target_at_the_intrabar_extreme() -> None:
+    # The same pair (collateral 3,750 at 100) closing bar 1 at 105 with a high of 110: at the close
+    # the collateral is 1,875 (ratio 1,875 / 196.875 = 9.5, above the trigger), at the high 0. The
+    # top-up restores a ratio of 10 where it is lowest, at the high's mark: 10 * 0.5 % * 375 * 110
+    # = 2,062.5 (at the close's mark it would be 1,968.75, leaving the high at 9.5).
+    env = _env(AUTO_ADD, spot=[100.0, 105.0, 105.0], perp_high=[None, 110.0, None])
+    _, _, _, _, info = env.step(np.array([0.5]))
+    assert info["margin_added"] == pytest.approx(2_062.5)
+    assert info["collateral"][0] == pytest.approx(1_875.0 + 2_062.5)
+    assert not info["liquidated"]
+    assert info["margin_ratio"] == pytest.approx(3_937.5 / 196.875)  # the close's ratio
+
+
+def test_auto_add_margin_never_borrows() -> None:
+    # The +33 % case of test_isolated_perp_liquidates_when_one_leg_runs_away: a = 1 at perp
+    # leverage 3 leaves cash at 0 (75,000 of spot, 25,000 of collateral), so there is no free cash
+    # and the perp is liquidated exactly as without the option.
+    env = _env(_cfg(isolated_auto_add_margin=True), spot=[100, 133, 133], perp=[100, 133, 133])
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["margin_added"] == 0.0 and info["liquidated"]
+    assert info["liquidation_loss"] == pytest.approx(250.0)
+    assert info["equity"] == pytest.approx(99_750.0) and info["cash"] == 0.0
+
+
+def test_auto_add_margin_too_little_cash_then_intrabar_liquidation() -> None:
+    # a = 1 at 10x: 750 coins, -750 perps, collateral 7,500, cash 17,500. Bar 1 closes at 130
+    # (collateral 7,500 - 22,500 = -15,000) with a high of 136, where the ratio is lowest:
+    # (-15,000 - 750 * 6) / (0.5 % * 750 * 136) = -19,500 / 510. Restoring 10 there needs
+    # 5,100 + 19,500 = 24,600; the 17,500 of cash all goes in (collateral 2,500, cash 0). The close
+    # is now safe (2,500 / 487.5 = 5.1) but the high still breaches, so the perp is liquidated at
+    # its liquidation price with the topped-up collateral: (750 * 130 + 2,500) / (750 * 1.005) =
+    # 132.67. There the collateral left is the maintenance margin 0.5 % * 750 * x, which the haircut
+    # and fee exceed: that is the loss. Spot stays open: equity 750 * 130 = 97,500.
+    env = _env(AUTO_ADD, spot=[100.0, 130.0, 130.0], perp_high=[None, 136.0, None])
+    _, _, terminated, _, info = env.step(np.array([1.0]))
+    x = (750 * 130 + 2_500) / (750 * 1.005)
+    assert info["margin_added"] == pytest.approx(17_500.0)
+    assert info["liquidated"] and terminated
+    assert info["price_pnl"] == pytest.approx(-750 * (x - 130))
+    assert info["liquidation_loss"] == pytest.approx(0.005 * 750 * x)
+    assert info["insurance_fund"] == 0.0
+    assert info["cash"] == pytest.approx(0.0, abs=1e-9) and info["collateral"][0] == 0.0
+    assert info["equity"] == pytest.approx(97_500.0)
+    assert info["equity"] - 100_000 == pytest.approx(booked_flows(info), abs=1e-6)
+
+
+def test_auto_add_margin_leaves_the_spot_account_at_twice_maintenance() -> None:
+    # Reverse carry at leverage_cap 4: -2,000 coins (borrowed) and +2,000 perps at 100, collateral
+    # 20,000, cash 100,000 + 200,000 - 20,000 = 280,000. Bar 1: spot 115, perp 89.8 (both legs
+    # lose): collateral 20,000 - 20,400 = -400, ratio -400 / 898. The spot account holds 280,000 -
+    # 230,000 = 50,000 against a maintenance of 10 % * 230,000 = 23,000; it may give up only what
+    # keeps it at twice that: 50,000 - 46,000 = 4,000 of the 9,380 the perp would take. Collateral
+    # 3,600 (ratio 4.0), the spot account at a margin ratio of 2.0; nothing is liquidated.
+    cfg = dataclasses.replace(AUTO_ADD, leverage_cap=4.0)
+    env = _env(cfg, spot=[100.0, 115.0, 115.0], perp=[100.0, 89.8, 89.8])
+    _, _, _, _, info = env.step(np.array([-1.0]))
+    assert info["margin_added"] == pytest.approx(4_000.0)
+    assert info["cash"] == pytest.approx(276_000.0)
+    assert info["collateral"][0] == pytest.approx(3_600.0)
+    assert info["margin_ratio"] == pytest.approx(2.0)
+    assert not info["liquidated"]
+    assert info["equity"] == pytest.approx(49_600.0)
+
+
+def test_no_auto_add_while_halted() -> None:
+    # The hedged pair of the first auto-add case, every bar from bar 1 on halted: the venue's
+    # engine is down, so neither top-ups nor liquidations happen (collateral 0, ratio 0).
+    cfg = dataclasses.replace(HALT_EVERY_BAR, perp_leverage=10.0, isolated_auto_add_margin=True)
+    env = _env(cfg, spot=[100.0] + [110.0] * 5)
+    for _ in range(3):
+        _, _, _, _, info = env.step(np.array([0.5]))
+        assert info["halted"] and info["margin_added"] == 0.0 and not info["liquidated"]
+
+
+def test_unified_intrabar_low_liquidates_the_account_where_it_crosses_the_line() -> None:
+    # Unified, leverage_cap 4: 2,000 coins (200,000) and -2,000 perps at 100, cash -100,000. Bar 1
+    # closes at 100 (margin 190,000 - 100,000 = 90,000 against 10 % of the 100,000 borrowed +
+    # 0.5 % of 200,000 = 11,000: ratio 8.2) but spot trades down to 55 inside it, the long spot's
+    # adverse extreme (the short perp's is its high: none, so its close). At 55 the margin is
+    # 104,500 - 100,000 = 4,500 < 11,000: a breach. On the way down the account crosses the line
+    # where 2,000 * s * 0.95 - 100,000 = 11,000: s = 111,000 / 1,900 = 58.42. Every leg closes
+    # there: price P&L 2,000 * (s - 100), spot haircut 0.5 % of 2,000 * s, perp haircut + fee
+    # 1.5 % of 200,000. v0 and the close-only check liquidate nothing.
+    cfg = _cfg(margin_mode="unified", leverage_cap=4.0)
+    env = _env(cfg, spot=[100.0] * 3, spot_low=[None, 55.0, None])
+    _, _, terminated, _, info = env.step(np.array([1.0]))
+    s = 111_000 / 1_900
+    assert info["liquidated"] and terminated
+    assert not info["spot_qty"].any() and not info["perp_qty"].any()
+    assert info["price_pnl"] == pytest.approx(2_000 * (s - 100))
+    assert info["liquidation_loss"] == pytest.approx(0.005 * 2_000 * s + 0.015 * 200_000)
+    assert info["insurance_fund"] == 0.0
+    assert info["equity"] - 100_000 == pytest.approx(booked_flows(info), abs=1e-6)
+    _, _, _, _, info = _env(cfg, spot=[100.0] * 3).step(np.array([1.0]))
+    assert not info["liquidated"] and info["margin_ratio"] == pytest.approx(90_000 / 11_000)
+
+
+def test_unified_intrabar_crossing_after_cash_turns_borrowed() -> None:
+    # Unified, leverage_cap 1.8: 900 coins and -900 perps at 100, cash 10,000. Bar 1 closes at 100
+    # with a perp high of 200. Along the way to it (perp 100 + u * 100) cash is 10,000 - 90,000 u,
+    # borrowed once u > 1/9, so the requirement 0.5 % * 900 * perp + 10 % * max(-cash, 0) bends
+    # there. Margin 95,500 - 90,000 u meets it at u = 96,050 / 99,450 = 0.9658, past the bend;
+    # a straight line through both ends would give 95,050 / 98,450 = 0.9655. The account closes
+    # with the perp at 100 + 100 u.
+    cfg = _cfg(margin_mode="unified", leverage_cap=1.8)
+    env = _env(cfg, perp_high=[None, 200.0, None, None, None, None])
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["liquidated"]
+    x = 100.0 - info["price_pnl"] / 900.0  # the perp price the account was closed at
+    assert x == pytest.approx(100.0 * (1.0 + 96_050 / 99_450), rel=1e-12)
+    margin = 10_000 - 900 * (x - 100) + 900 * 100 * 0.95
+    requirement = 0.005 * 900 * x + 0.1 * max(900 * (x - 100) - 10_000, 0.0)
+    assert margin == pytest.approx(requirement, rel=1e-9)
+    assert info["liquidation_loss"] == pytest.approx(0.015 * 900 * x + 0.005 * 90_000)
+    assert info["equity"] - 100_000 == pytest.approx(booked_flows(info), abs=1e-6)

@@ -35,6 +35,8 @@ def _market() -> MarketData:
         mark=nan,
         perp_high=nan,
         perp_low=nan,
+        spot_high=nan,
+        spot_low=nan,
         features=np.zeros((t, 1, 0)),
         feature_names=(),
     )

@@ -138,8 +138,8 @@ None of them closes that far down."""
 
 @pytest.fixture(scope="module")
 def frame_8h() -> pl.DataFrame:
-    """8 h bars stamped at their close: both closes, the perp's high and low, the print settled at
-    the close and the mark published with it (null where the file has none)."""
+    """8 h bars stamped at their close: both legs' close, high and low, the print settled at the
+    close and the mark published with it (null where the file has none)."""
     raw = pl.read_csv(EIGHT_HOURS, try_parse_dates=True)
     prints = raw.select(
         ts=pl.col("Timestamp").dt.replace_time_zone("UTC"),
@@ -152,6 +152,8 @@ def frame_8h() -> pl.DataFrame:
         perp_price=pl.col("perp_close"),
         perp_high=pl.col("perp_high"),
         perp_low=pl.col("perp_low"),
+        spot_high=pl.col("spot_high"),
+        spot_low=pl.col("spot_low"),
     )
     return bars.join(prints, on="ts", how="left").with_columns(symbol=pl.lit("BTC/USDT:USDT"))
 
@@ -185,6 +187,38 @@ def test_intrabar_lows_liquidate_a_10x_long_perp_on_real_8h_bars(
 
     assert liquidated_candles(frame) == list(BREACHING_LOWS)
     assert liquidated_candles(frame.drop("perp_high", "perp_low")) == []
+
+
+@pytest.mark.parametrize(("weight", "at_10x"), [(1.0, 39), (-1.0, 12)])
+def test_unified_intrabar_margin_on_real_8h_bars_is_a_bound(
+    frame_8h: pl.DataFrame, weight: float, at_10x: int
+) -> None:
+    # A hedged unified carry re-opened every bar (long carry, then reverse), liquidations not
+    # ending the episode: every leg at its adverse extreme of the bar liquidates none at 4x (the
+    # default is 1.5x) and some at 10x, where the closes alone liquidate none. The extremes of the
+    # two legs need not coincide, so at 10x those candles are the bound's, charged both legs'
+    # ranges at once (39 long, 12 reverse on 2023-06..2025-03, funding and marks as published).
+    def liquidations(frame: pl.DataFrame, leverage_cap: float) -> int:
+        config = dataclasses.replace(
+            FRICTIONLESS,
+            margin_mode="unified",
+            leverage_cap=leverage_cap,
+            liquidation_ends_episode=False,
+        )
+        env = CarryTradeEnv(frame, config)
+        _, info = env.reset(seed=0)
+        equity, count = info["equity"], 0
+        while True:
+            _, _, terminated, truncated, info = env.step(np.array([weight]))
+            assert info["equity"] - equity == pytest.approx(booked_flows(info), abs=1e-6)
+            equity, count = info["equity"], count + bool(info["liquidated"])
+            if terminated or truncated:
+                return count
+
+    closes = frame_8h.drop("perp_high", "perp_low", "spot_high", "spot_low")
+    assert liquidations(frame_8h, 4.0) == 0
+    assert liquidations(closes, 10.0) == 0
+    assert liquidations(frame_8h, 10.0) == at_10x
 
 
 def test_funding_on_real_8h_bars_settles_at_the_published_mark(frame_8h: pl.DataFrame) -> None:

@@ -11,9 +11,11 @@ import pytest
 from carry_env import CarryTradeEnv, EnvConfig, MarketData
 from carry_env.vector import CarryTradeVectorEnv, SB3VecEnv
 
-from .conftest import random_frame
+from .conftest import random_frame, with_price_detail
 
 MARKET = MarketData.from_frame(random_frame(seed=5, n_bars=400))
+MARKET_DETAIL = MarketData.from_frame(with_price_detail(random_frame(seed=5, n_bars=400), 6))
+"""The same market with marks and both legs' intrabar extremes."""
 
 
 @pytest.mark.parametrize("parallel", [False, True])
@@ -124,3 +126,47 @@ def test_batch_past_the_prefetch_distance_equals_single_envs(
             else:
                 assert infos["equity"][i] == info["equity"]
             np.testing.assert_array_equal(obs[i], o)
+
+
+@pytest.mark.parametrize("mode", ["isolated", "unified"])
+def test_batched_equals_single_envs_with_intrabar_margin_and_auto_add(
+    stress_config: EnvConfig, mode: str
+) -> None:
+    # Both legs' highs and lows, auto-add margin on, perps at 20x (isolated at 1.8x: collateral at
+    # a ratio of 10 and little free cash, so top-ups and liquidations after them happen; unified at
+    # 3x, near its line).
+    cfg = dataclasses.replace(
+        stress_config,
+        random_start=True,
+        episode_length=60,
+        margin_mode=mode,
+        perp_leverage=20.0,
+        leverage_cap=3.0 if mode == "unified" else 1.8,
+        spot_collateral_haircut=0.9,
+        leverage_limit=False,
+        isolated_auto_add_margin=True,
+    )
+    b = 5
+    venv = CarryTradeVectorEnv(MARKET_DETAIL, cfg, b, parallel=False)
+    singles = [CarryTradeEnv(MARKET_DETAIL, cfg) for _ in range(b)]
+    obs, _ = venv.reset(seed=200)
+    for i, env in enumerate(singles):
+        np.testing.assert_array_equal(obs[i], env.reset(seed=200 + i)[0])
+    rng = np.random.default_rng(2)
+    added = liquidated = 0
+    for _ in range(200):
+        actions = rng.uniform(-1, 1, (b, 2))
+        obs, rew, term, trunc, infos = venv.step(actions)
+        for i, env in enumerate(singles):
+            o, r, te, tr, info = env.step(actions[i])
+            assert (r, te, tr) == (rew[i], term[i], trunc[i])
+            added += info["margin_added"] > 0.0
+            liquidated += bool(info["liquidated"])
+            if te or tr:
+                o, _ = env.reset()
+            else:
+                assert infos["equity"][i] == info["equity"]
+                assert infos["margin_added"][i] == info["margin_added"]
+            np.testing.assert_array_equal(obs[i], o)
+    assert liquidated > 0
+    assert (added > 0) == (mode == "isolated")

@@ -32,6 +32,7 @@ from pydantic import Field
 from carry_env.config import EnvConfig
 from carry_env.env import CarryTradeEnv
 from carry_pipeline.lib.duckdb_io import default_database
+from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG
 from carry_pipeline.lib.exchanges.base import PermanentExchangeError
 from carry_pipeline.lib.features.bars import MarketBarsConfig
 from carry_pipeline.lib.features.carry import CarryFeaturesConfig
@@ -294,7 +295,7 @@ def paper_session(context: dg.OpExecutionContext, config: PaperTradingConfig) ->
     database = config.database or default_database()
     source = _champion(config, database)
     feed, books = _feed(config, source, database, context.resources.paper_clock)
-    env_config = EnvConfig()
+    env_config = PIPELINE_ENV_CONFIG
     env = CarryTradeEnv(feed.market, env_config)
     policy = _policy(source, env, database)
     live = _live_executor(config, feed, books, env_config)

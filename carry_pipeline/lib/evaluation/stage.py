@@ -3,11 +3,11 @@
 - `model_paths`: per model name and fold, the saved folder, from the `models.<expert>` and
   `models.meta_controller` tables.
 - `run_walk_forward`: for each fold, on its test span only, the rule baselines, each expert and the
-  meta-controller of that fold through `CarryTradeEnv` at the default `EnvConfig` (every mechanism
-  on: fees, spread, slippage, funding, borrow, margin, liquidation, leverage limit and the seeded
-  anomalies). A model with no row for a fold is left out of that fold and listed in `missing`, so
-  the validity check can name it; a model whose folder or observation does not fit fails at once,
-  naming the fold and the model.
+  meta-controller of that fold through `CarryTradeEnv` at `PIPELINE_ENV_CONFIG` (every mechanism
+  on: fees, spread, slippage, funding, borrow, margin with isolated auto-add, liquidation, leverage
+  limit and the seeded anomalies). A model with no row for a fold is left out of that fold and
+  listed in `missing`, so the validity check can name it; a model whose folder or observation does
+  not fit fails at once, naming the fold and the model.
 - `stress_frames` / `run_stress_report`: the stress scenarios. Injected shocks are applied to the
   last walk-forward fold's test span of the market frame (the latest bars a model of the walk
   forward has not trained on), starting `at` a fraction into it; the policies are the baselines and
@@ -30,6 +30,7 @@ import polars as pl
 from carry_env import EnvConfig
 from carry_env.env import CarryTradeEnv
 from carry_env.market import MarketData
+from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG
 from carry_pipeline.lib.evaluation.backtest import Policy
 from carry_pipeline.lib.evaluation.policies import (
     EXPERT_WEIGHTS_SCHEMA,
@@ -161,7 +162,7 @@ def run_walk_forward(
     """
     started = time.perf_counter()
     spans = fold_spans(walk_forward_folds)
-    env = CarryTradeEnv(market, config or EnvConfig())
+    env = CarryTradeEnv(market, config or PIPELINE_ENV_CONFIG)
     per_fold = {
         s.fold: fold_policies(s.fold, paths, fold_windows(training_windows, s.fold)) for s in spans
     }

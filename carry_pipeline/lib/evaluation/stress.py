@@ -69,6 +69,7 @@ import polars as pl
 from carry_env import CarryTradeEnv, EnvConfig
 from carry_env import kernel as k
 from carry_env.config import C_HALT_STEPS, C_OUTAGE_STEPS, C_P_HALT, C_P_OUTAGE
+from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG
 from carry_pipeline.lib.evaluation.backtest import BacktestResult, Policy, run_backtest
 from carry_pipeline.lib.evaluation.baselines import SpotBuyAndHold
 from carry_pipeline.lib.evaluation.metrics import max_drawdown
@@ -105,10 +106,10 @@ class Scenario:
 
 
 def stress_config(base: EnvConfig | None = None) -> EnvConfig:
-    """`base` (default `EnvConfig()`) with anomalies on and every random anomaly rate 0, so only
-    the scenario's shocks (and its scheduled halts and outages) happen."""
+    """`base` (default `PIPELINE_ENV_CONFIG`) with anomalies on and every random anomaly rate 0, so
+    only the scenario's shocks (and its scheduled halts and outages) happen."""
     return dataclasses.replace(
-        base or EnvConfig(),
+        base or PIPELINE_ENV_CONFIG,
         anomalies=True,
         flash_crash_per_day=0.0,
         halt_per_day=0.0,
@@ -590,8 +591,20 @@ def _reshape_spot(
         j = i0 + lv.shape[0]
         if j < s.shape[0]:
             new[j:] = s[j:] * (new[j - 1] / s[j - 1])
-        parts.append(_scale_perp(part.with_columns(spot_price=pl.Series(new)), new / s))
+        reshaped = _scale_spot_range(part.with_columns(spot_price=pl.Series(new)), new / s)
+        parts.append(_scale_perp(reshaped, new / s))
     return pl.concat(parts)
+
+
+SPOT_RANGE_COLUMNS = ("spot_high", "spot_low")
+"""The bar's spot extremes: they move with the spot price when a scenario reshapes it (the whole
+bar is shifted, so the close stays inside its high/low)."""
+
+
+def _scale_spot_range(part: pl.DataFrame, factor: np.ndarray) -> pl.DataFrame:
+    # One symbol's rows: the spot extremes the frame has, times `factor` bar by bar.
+    f = pl.Series(np.asarray(factor, dtype=np.float64))
+    return part.with_columns([pl.col(c) * f for c in SPOT_RANGE_COLUMNS if c in part.columns])
 
 
 PERP_PRICE_COLUMNS = ("perp_price", "mark_price", "perp_high", "perp_low")

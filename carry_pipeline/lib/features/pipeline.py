@@ -80,9 +80,10 @@ def build_market_frame(
 
     Hand the result to `carry_env` as it is (`MarketData.from_frame`, or the env's market data).
     It carries the env's optional price detail (`carry_env.market.PRICE_DETAIL_COLUMNS`):
-    `perp_high` / `perp_low` from the perp's bar (null on forward-filled, stale perp bars, whose
-    range is unknown) and `mark_price` from the settlements (null between them and where the venue
-    published none; a `market_bars` table written before it had the column gets an all-null one).
+    `perp_high` / `perp_low` and `spot_high` / `spot_low` from each leg's bar (null on that leg's
+    forward-filled, stale bars, whose range is unknown) and `mark_price` from the settlements (null
+    between them and where the venue published none; a `market_bars` table written before it had
+    the column gets an all-null one).
 
     Args:
         bars: `market_bars`.
@@ -112,17 +113,17 @@ def build_market_frame(
 
 def _with_price_detail(frame: pl.DataFrame) -> pl.DataFrame:
     # A filled gap bar repeats the previous close as its high and low: that is no observed range, so
-    # the env must not read it as one (it checks margin at the close there instead).
+    # the env must not read it as one (it checks margin at the close there instead), leg by leg.
     if "mark_price" not in frame.columns:
         frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("mark_price"))
-    # Frames without the range or the stale flag (hand-built ones) pass as they are.
-    ranged = [c for c in ("perp_high", "perp_low") if c in frame.columns]
-    if not ranged or "perp_stale" not in frame.columns:
-        return frame
-    unknown = pl.col("perp_stale")
-    return frame.with_columns(
-        pl.when(unknown).then(None).otherwise(pl.col(c)).alias(c) for c in ranged
-    )
+    # Frames without a leg's range or its stale flag (hand-built ones) pass as they are.
+    unknown_range = [
+        pl.when(pl.col(f"{leg}_stale")).then(None).otherwise(pl.col(c)).alias(c)
+        for leg in ("perp", "spot")
+        for c in (f"{leg}_high", f"{leg}_low")
+        if c in frame.columns and f"{leg}_stale" in frame.columns
+    ]
+    return frame.with_columns(unknown_range) if unknown_range else frame
 
 
 def usable_span(features: pl.DataFrame) -> tuple[datetime, datetime]:

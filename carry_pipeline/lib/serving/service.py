@@ -8,7 +8,7 @@ the store changes.
   reports stages build it (`build_market_frame`, warm-up dropped; `registry.market_data`).
 - `load_served_champion(database, version)`: that market, the champion on it
   (`load_champion_policy`: the paper trader's windows over every stored bar, normalised with the
-  champion fold's statistics) and a `CarryTradeEnv` over it (default `EnvConfig`, as the paper job
+  champion fold's statistics) and a `CarryTradeEnv` over it (`PIPELINE_ENV_CONFIG`, as the paper job
   and the backtest use) that is never stepped.
 - `ServedChampion.decide(bar, observation)`: the env is reset at `bar` with a fresh account and
   an open end (`reset(options={"start": bar, "open_end": True})`, as a live paper session opens
@@ -40,11 +40,11 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from carry_env.config import EnvConfig
 from carry_env.env import CarryTradeEnv
 from carry_env.feeds import Fills, Orders
 from carry_env.market import MarketData
 from carry_pipeline.lib.duckdb_io import utc_frame
+from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG
 from carry_pipeline.lib.evaluation.stage import INFERENCE_THREADS
 from carry_pipeline.lib.features.pipeline import build_market_frame
 from carry_pipeline.lib.serving.requests import Decision, bar_index
@@ -193,7 +193,7 @@ def load_served_champion(database: str, version: StoreVersion) -> ServedChampion
     """
     market = load_market(database)
     policy = load_champion_policy(database, version.source, market)
-    env = CarryTradeEnv(market, EnvConfig(), executor=_NeverFills())
+    env = CarryTradeEnv(market, PIPELINE_ENV_CONFIG, executor=_NeverFills())
     policy.reset(env)
     return ServedChampion(version, policy, env)
 

@@ -55,6 +55,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor
 
 from carry_env.config import EnvConfig
 from carry_env.market import MarketData
+from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG
 from carry_pipeline.lib.training.observation import (
     ObservationBuilder,
     WindowSet,
@@ -169,7 +170,7 @@ class MetaSpec:
     def env_config(self, base: EnvConfig | None = None) -> EnvConfig:
         """The meta env's config: `base` with random starts, this episode length, the overrides."""
         return replace(
-            base or EnvConfig(),
+            base or PIPELINE_ENV_CONFIG,
             random_start=True,
             episode_length=self.episode_length,
             **dict(self.env_overrides),

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from carry_env.config import EnvConfig
+from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG
 from carry_pipeline.lib.training.extractors import EXTRACTORS
 from carry_pipeline.lib.training.imitation import WarmStart
 from carry_pipeline.lib.training.observation import ObservationSpec, Output
@@ -153,10 +154,10 @@ class ExpertSpec:
         return out
 
     def env_config(self, base: EnvConfig | None = None) -> EnvConfig:
-        """The training env's config: `base` (default `EnvConfig()`) with random starts, this
-        expert's episode length and its overrides."""
+        """The training env's config: `base` (default `PIPELINE_ENV_CONFIG`) with random starts,
+        this expert's episode length and its overrides."""
         return replace(
-            base or EnvConfig(),
+            base or PIPELINE_ENV_CONFIG,
             random_start=True,
             episode_length=self.episode_length,
             **dict(self.env_overrides),

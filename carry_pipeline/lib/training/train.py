@@ -183,7 +183,7 @@ def train_expert(
         models_root: the model store (e.g. `data/models`).
         stats: the fold's `normalisation_stats` rows, saved beside the model.
         profile: `demo` or `full` (`spec.timesteps`); `timesteps` overrides it.
-        base_config: env config under the expert's overrides (default `EnvConfig()`).
+        base_config: env config under the expert's overrides (default `PIPELINE_ENV_CONFIG`).
         logger: receives the progress lines (default: this module's `logging` logger).
         tensorboard_dir: TensorBoard log folder, or None.
 

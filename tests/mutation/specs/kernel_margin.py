@@ -1,5 +1,5 @@
-"""Mutations of the kernel's margin, liquidation, mark-price, intrabar-margin, bankruptcy and
-unified-funding code (carry_env/kernel.py)."""
+"""Mutations of the kernel's margin, liquidation, mark-price, intrabar-margin (isolated and
+unified), auto-add-margin, bankruptcy and unified-funding code (carry_env/kernel.py)."""
 
 from __future__ import annotations
 
@@ -135,5 +135,55 @@ MUTATIONS: list[Mutation] = [
         tests=_TESTS,
         note="A gap through the bankruptcy price is booked as a negative liquidation_loss (a gain"
         " to the trader in the costs) instead of into the insurance_fund term; equity is the same.",
+    ),
+    Mutation(
+        id="margin-auto-add-borrows",
+        path=_KERNEL,
+        old="min(cash, spot_eq - SPOT_TRANSFER_LEVEL",
+        new="min(spot_eq, spot_eq - SPOT_TRANSFER_LEVEL",
+        tests=(
+            "tests/env/test_kernel.py::test_auto_add_margin_never_borrows",
+            "tests/env/test_kernel.py::test_auto_add_margin_too_little_cash_then_intrabar_liquidation",
+        ),
+        note="Auto-add tops up from the spot account's equity, not its cash: it borrows USDT once"
+        " the cash is spent.",
+    ),
+    Mutation(
+        id="margin-auto-add-at-the-close-mark",
+        path=_KERNEL,
+        old="            x *= _perp_extreme(b, i, t, mkt, as_)\n",
+        new="            x *= 1.0\n",
+        tests=(
+            "tests/env/test_kernel.py::"
+            "test_auto_add_margin_restores_the_target_at_the_intrabar_extreme",
+        ),
+        note="A top-up triggered at the bar's extreme is sized at the close's mark, so the"
+        " extreme is left below the target.",
+    ),
+    Mutation(
+        id="margin-unified-intrabar-fills-at-the-extreme",
+        path=_KERNEL,
+        old="else _unified_crossing(b, t, mkt, cfg, fs, as_)\n",
+        new="else 1.0\n",
+        tests=(
+            "tests/env/test_kernel.py::"
+            "test_unified_intrabar_low_liquidates_the_account_where_it_crosses_the_line",
+        ),
+        note="A unified account breaching only inside the bar is closed at the extremes, past"
+        " the line where the venue would have taken it over.",
+    ),
+    Mutation(
+        id="margin-unified-spot-wrong-extreme",
+        path=_KERNEL,
+        old="    return mkt[t, i, M_SPOT_LOW_R] if as_[b, i, A_SPOT] > 0.0 else"
+        " mkt[t, i, M_SPOT_HIGH_R]\n",
+        new="    return mkt[t, i, M_SPOT_HIGH_R] if as_[b, i, A_SPOT] > 0.0 else"
+        " mkt[t, i, M_SPOT_LOW_R]\n",
+        tests=(
+            "tests/env/test_kernel.py::"
+            "test_unified_intrabar_low_liquidates_the_account_where_it_crosses_the_line",
+        ),
+        note="Unified margin takes a long spot leg at its high (the favourable side), so a spot"
+        " low inside the bar never liquidates.",
     ),
 ]

@@ -262,12 +262,15 @@ def test_btc_crisis_anchors_are_binance_klines() -> None:
 
 
 def test_scenarios_move_the_mark_and_the_bar_extremes_with_the_perp() -> None:
-    # The pipeline's market frame carries the perp's high/low and the mark: a shock that moved
-    # only `perp_price` would leave the close outside its own bar (the env rejects that frame) and
-    # the mark at the pre-shock level. Hand values: high/low 0.2 % around the close, mark = close.
+    # The pipeline's market frame carries both legs' high/low and the mark: a shock that moved
+    # only `perp_price` / `spot_price` would leave the close outside its own bar (the env rejects
+    # that frame) and the mark at the pre-shock level. Hand values: perp high/low 0.2 % around its
+    # close, spot high/low 0.3 % around its close, mark = close.
     base = _base(symbols=(BTC, "ETH/USDT:USDT")).with_columns(
         perp_high=pl.col("perp_price") * 1.002,
         perp_low=pl.col("perp_price") * 0.998,
+        spot_high=pl.col("spot_price") * 1.003,
+        spot_low=pl.col("spot_price") * 0.997,
         mark_price=pl.col("perp_price"),
     )
     for sc in st.injected_scenarios(base, AT):
@@ -276,4 +279,7 @@ def test_scenarios_move_the_mark_and_the_bar_extremes_with_the_perp() -> None:
             np.testing.assert_allclose(_col(sc, "perp_high", sym) / p, 1.002, rtol=1e-12)
             np.testing.assert_allclose(_col(sc, "perp_low", sym) / p, 0.998, rtol=1e-12)
             np.testing.assert_allclose(_col(sc, "mark_price", sym), p, rtol=1e-12)
+            s = _col(sc, "spot_price", sym)
+            np.testing.assert_allclose(_col(sc, "spot_high", sym) / s, 1.003, rtol=1e-12)
+            np.testing.assert_allclose(_col(sc, "spot_low", sym) / s, 0.997, rtol=1e-12)
         MarketData.from_frame(sc.frame)  # a valid env frame

@@ -1,6 +1,6 @@
 """Tests of `build_market_frame` (carry_pipeline/lib/features/pipeline.py): the env's optional price
-detail (`mark_price`, `perp_high`, `perp_low`) travels from the raw tables to `MarketData`, stamped
-point in time."""
+detail (`mark_price`, `perp_high`, `perp_low`, `spot_high`, `spot_low`) travels from the raw tables
+to `MarketData`, stamped point in time."""
 
 from __future__ import annotations
 
@@ -77,10 +77,15 @@ def test_frame_carries_the_price_detail_and_the_env_takes_it(marked_out: dict) -
     )
     assert (btc["perp_high"] >= btc["perp_price"]).all()
     assert (btc["perp_low"] <= btc["perp_price"]).all()
+    assert (btc["spot_high"] >= btc["spot_price"]).all()
+    assert (btc["spot_low"] <= btc["spot_price"]).all()
+    assert (btc["spot_high"] > btc["spot_low"]).any()  # real ranges, not the close repeated
     market = MarketData.from_frame(frame)
     np.testing.assert_array_equal(np.isfinite(market.mark[:, 0]), settled.to_numpy())
     np.testing.assert_array_equal(market.perp_high[:, 0], btc["perp_high"].to_numpy())
     np.testing.assert_array_equal(market.perp_low[:, 0], btc["perp_low"].to_numpy())
+    np.testing.assert_array_equal(market.spot_high[:, 0], btc["spot_high"].to_numpy())
+    np.testing.assert_array_equal(market.spot_low[:, 0], btc["spot_low"].to_numpy())
 
 
 def test_stale_perp_bar_has_no_range() -> None:
@@ -98,3 +103,26 @@ def test_stale_perp_bar_has_no_range() -> None:
     assert out["perp_high"].to_list() == [101.0, None]
     assert out["perp_low"].to_list() == [99.0, None]
     assert out["mark_price"].null_count() == 2
+
+
+def test_stale_spot_bar_has_no_range_and_the_perp_keeps_its_own() -> None:
+    # Each leg's range is nulled on that leg's stale bars only: a filled spot bar loses its spot
+    # range while the perp's observed range of the same bar stays.
+    bars = pl.DataFrame(
+        {
+            "ts": [START, START + M15],
+            "spot_price": [100.0, 100.0],
+            "spot_high": [101.0, 100.0],
+            "spot_low": [99.0, 100.0],
+            "spot_stale": [False, True],
+            "perp_price": [100.0, 100.5],
+            "perp_high": [101.0, 101.5],
+            "perp_low": [99.0, 99.5],
+            "perp_stale": [False, False],
+        }
+    )
+    out = _with_price_detail(bars)
+    assert out["spot_high"].to_list() == [101.0, None]
+    assert out["spot_low"].to_list() == [99.0, None]
+    assert out["perp_high"].to_list() == [101.0, 101.5]
+    assert out["perp_low"].to_list() == [99.0, 99.5]
