@@ -127,10 +127,12 @@ class CarryTradeVectorEnv(VectorEnv):
             self._reset_ended(ended)
             done = terminated | truncated
             infos = self._infos()
-            infos.update(final_obs=final_obs, _final_obs=done, final_info=final_info)
-            infos["_final_info"] = done
-        infos.update(self._masks)
-        return eng.obs.copy(), eng.rew.copy(), terminated, truncated, infos
+            infos.update(final_obs=final_obs, _final_obs=done, _final_info=done)
+        out: dict[str, Any] = infos
+        if ended.size:
+            out["final_info"] = final_info
+        out.update(self._masks)
+        return eng.obs.copy(), eng.rew.copy(), terminated, truncated, out
 
     def step_arrays(
         self, actions: np.ndarray
