@@ -4,7 +4,10 @@ Prints steps/s of CartPole-v1 and of the single carry env with every mechanism o
 `gym.make`, so both pay gymnasium's wrappers; the unwrapped figures too), env-steps/s of the batched
 env for B = 1, 64, 1024, 16384 (and B = 1024 on one thread, a figure a loaded machine disturbs
 less than the two-thread one), and the ratios to the targets (single >= 1.0x CartPole; batched >=
-10M env-steps/s at B = 1024). Each figure is the best of three timed repeats, after a warm-up that
+10M env-steps/s at B = 1024). Beside each batched figure: the kernel alone (`Engine.step`, the
+numba call with no gymnasium layer; ended envs are reset outside the timing) and the share of it
+the full `step` keeps, which shows where the time goes, and `step_arrays` (the path `SB3VecEnv`
+takes: no batch-wide info). Each figure is the best of three timed repeats, after a warm-up that
 also compiles the kernels. It measures the `carry_env` of the checkout it sits in (not whichever one
 the virtual environment has installed), and prints the load average: the parallel figures need an
 idle machine.
@@ -70,6 +73,39 @@ def batched_rate(venv: CarryTradeVectorEnv, actions: np.ndarray, seconds: float)
             return steps * venv.num_envs / (now - t0)
 
 
+def lean_rate(venv: CarryTradeVectorEnv, actions: np.ndarray, seconds: float) -> float:
+    """Env-steps per second of `venv.step_arrays` (the SB3 adapter's path) over about `seconds`."""
+    venv.reset(seed=0)
+    steps = 0
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        venv.step_arrays(actions)
+        steps += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            return steps * venv.num_envs / (now - t0)
+
+
+def kernel_rate(venv: CarryTradeVectorEnv, actions: np.ndarray, seconds: float) -> float:
+    """Env-steps per second of the kernel alone (`Engine.step`) on `venv`'s envs; envs that end
+    are reset between timed calls, so every timed call steps the whole batch."""
+    venv.reset(seed=0)
+    eng = venv.engine
+    eng.act[:] = actions
+    steps, spent = 0, 0.0
+    while spent < seconds:
+        t0 = time.perf_counter()
+        for _ in range(10):
+            eng.step()
+        spent += time.perf_counter() - t0
+        steps += 10
+        ended = np.flatnonzero(eng.term | eng.trunc)
+        if ended.size:
+            eng.reset_envs(ended, [np.random.default_rng(b) for b in ended.tolist()])
+    return steps * venv.num_envs / spent
+
+
 def best_of(fn, repeats: int = 3) -> float:
     """Best rate of `repeats` runs (the machine is shared: the best run is the least disturbed)."""
     return max(fn() for _ in range(repeats))
@@ -120,6 +156,8 @@ def main() -> None:
         actions = rng.uniform(-1, 1, (b, 1))
         batched_rate(venv, actions, 0.2)  # warm-up
         rate = best_of(lambda venv=venv, actions=actions: batched_rate(venv, actions, sec))
+        lean = best_of(lambda venv=venv, actions=actions: lean_rate(venv, actions, sec))
+        kernel = best_of(lambda venv=venv, actions=actions: kernel_rate(venv, actions, sec))
         note = (
             f"   {rate / TARGET_BATCHED:.2f}x the 10M target"
             if b == 1024 and parallel is None
@@ -130,6 +168,15 @@ def main() -> None:
             f"{f'batched B={b} ({mode})':<38}{rate:>14,.0f} env-steps/s   "
             f"{rate / r_cart:,.1f}x CartPole{note}"
         )
+        print(
+            f"{'  step_arrays (SB3 path)':<38}{lean:>14,.0f} env-steps/s   "
+            f"{lean / kernel:.2f} of the kernel's"
+        )
+        print(
+            f"{'  kernel alone (Engine.step)':<38}{kernel:>14,.0f} env-steps/s   "
+            f"step keeps {rate / kernel:.2f} of it"
+        )
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

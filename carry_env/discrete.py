@@ -171,17 +171,15 @@ class CarryTradeDiscreteVectorEnv(CarryTradeVectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._mask_buf = np.zeros((num_envs, int(self.single_action_space.n)), dtype=np.bool_)
 
-    def step(
-        self, actions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Map each env's choice to per-asset weights and step the batch."""
+    def _as_weights(self, actions: Any) -> np.ndarray:
+        # Each env's choice as per-asset weights (`step` and `step_arrays` take choices).
         choice = np.asarray(actions)
         if choice.shape != (self.num_envs,):
             raise ValueError(
                 f"actions have shape {choice.shape}; expected ({self.num_envs},) "
                 "(one discrete choice per env)"
             )
-        return super().step(choice_to_weights(choice, self.market.n_symbols, self._weights))
+        return choice_to_weights(choice, self.market.n_symbols, self._weights)
 
     def action_masks(self) -> np.ndarray:
         """Allowed actions of every env now, `[num_envs, n_actions]`."""

@@ -6,6 +6,7 @@ the same kernel on the same arrays, which is why the batched env equals B single
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -109,6 +110,11 @@ class Engine:
         self.legs = np.zeros((b, k.N_LEGS, n))
         self.act = np.zeros((b, n))
         self.all_envs = np.arange(b, dtype=np.int64)
+        cash = config.initial_cash
+        self._fresh_fs = np.zeros(k.N_FS)  # the account state and info row of a new episode
+        self._fresh_fs[[k.F_CASH, k.F_EQUITY, k.F_PEAK, k.F_VOL_ANCHOR]] = cash
+        self._fresh_info = np.zeros(k.N_INFO)
+        self._fresh_info[[k.K_EQUITY, k.K_CASH]] = cash
         self._kernel = k._step_parallel if parallel else k._step_serial
         t = self.tensor
         self._args = (
@@ -183,29 +189,42 @@ class Engine:
     ) -> None:
         """Start a new episode in env b: fresh account, bounds, anomaly key from `rng`, first
         observation."""
-        start, end = self.episode_bounds(rng, options)
-        cash = self.config.initial_cash
-        self.fs[b] = 0.0
-        self.fs[b, k.F_CASH] = cash
-        self.fs[b, k.F_EQUITY] = cash
-        self.fs[b, k.F_PEAK] = cash
-        self.fs[b, k.F_VOL_ANCHOR] = cash
-        self.as_[b] = 0.0
-        self.as_[b, :, k.A_R1] = self.tensor.mkt[start, :, k.M_LAST1]
-        self.as_[b, :, k.A_R2] = self.tensor.mkt[start, :, k.M_LAST2]
-        self.as_[b, :, k.A_R3] = self.tensor.mkt[start, :, k.M_LAST3]
-        self.is_[b] = 0
-        self.is_[b, k.I_T] = start
-        self.is_[b, k.I_END] = end
-        self.is_[b, k.I_KEY] = int(rng.integers(0, np.iinfo(np.int64).max))
-        self.ctx[b] = 0.0
-        self.info[b] = 0.0
-        self.flags[b] = False
-        self.info[b, k.K_EQUITY] = cash
-        self.info[b, k.K_CASH] = cash
+        self.reset_envs(np.array([b], dtype=np.int64), [rng], options)
+
+    def reset_envs(
+        self,
+        envs: np.ndarray,
+        rngs: Sequence[np.random.Generator],
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        """Start a new episode in each env of `envs` (distinct int64 indices), env `envs[j]`
+        drawing its bounds and anomaly key from `rngs[j]`, exactly as `reset_env` one at a time.
+
+        Every env's bounds are drawn before any state changes, so a bad `options` leaves every
+        account as it was.
+        """
+        n = len(envs)
+        bounds = np.empty((n, 3), dtype=np.int64)  # start, end, anomaly key
+        for j, rng in enumerate(rngs):
+            bounds[j, :2] = self.episode_bounds(rng, options)
+            bounds[j, 2] = int(rng.integers(0, np.iinfo(np.int64).max))
+        starts = bounds[:, 0]
+        mkt = self.tensor.mkt
+        self.fs[envs] = self._fresh_fs
+        self.as_[envs] = 0.0
+        self.as_[envs, :, k.A_R1] = mkt[starts, :, k.M_LAST1]
+        self.as_[envs, :, k.A_R2] = mkt[starts, :, k.M_LAST2]
+        self.as_[envs, :, k.A_R3] = mkt[starts, :, k.M_LAST3]
+        self.is_[envs] = 0
+        self.is_[envs, k.I_T] = starts
+        self.is_[envs, k.I_END] = bounds[:, 1]
+        self.is_[envs, k.I_KEY] = bounds[:, 2]
+        self.ctx[envs] = 0.0
+        self.info[envs] = self._fresh_info
+        self.flags[envs] = False
         t = self.tensor
         k.reset_obs_batch(
-            np.array([b], dtype=np.int64),
+            envs,
             t.mkt,
             t.tfeat,
             t.feats,
@@ -218,7 +237,7 @@ class Engine:
             self.info,
             self.legs,
         )
-        self.info[b, k.K_MARGIN_RATIO] = self.fs[b, k.F_MARGIN_RATIO]
+        self.info[envs, k.K_MARGIN_RATIO] = self.fs[envs, k.F_MARGIN_RATIO]
 
     # ---- stepping ----
     def step(self) -> None:

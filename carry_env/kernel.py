@@ -1424,7 +1424,7 @@ def _prefetch_rows(
     nf = feats.shape[2]
     for t_row in range(t, t + 2):
         for i in range(mkt.shape[1]):
-            # One element per cache line of the row (26 float64 span at most 5 lines).
+            # One element per cache line of the row (28 float64 span at most 5 lines).
             for c in range(0, N_MKT, 8):
                 _prefetch(mkt, (t_row, i, c))
             _prefetch(mkt, (t_row, i, N_MKT - 1))

@@ -39,20 +39,25 @@ class SB3VecEnv(VecEnv):
         self._actions = np.asarray(actions)
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
-        """Step the batch; done envs report `terminal_observation` and `TimeLimit.truncated`."""
+        """Step the batch; done envs report `terminal_observation`, `TimeLimit.truncated` and
+        their final `equity` and `liquidated` (the others an empty dict: the batch's info arrays
+        are not built, see `CarryTradeVectorEnv.step_arrays`)."""
         if self._actions is None:
             raise RuntimeError("step_async() must come before step_wait()")
-        obs, rew, term, trunc, infos = self.venv.step(self._actions)
-        dones = term | trunc
+        obs, rew, term, trunc, ends = self.venv.step_arrays(self._actions)
         out: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        for b in np.flatnonzero(dones):
-            out[b] = {
-                "terminal_observation": infos["final_obs"][b],
-                "TimeLimit.truncated": bool(trunc[b] and not term[b]),
-                "equity": float(infos["final_info"]["equity"][b]),
-                "liquidated": bool(infos["final_info"]["liquidated"][b]),
-            }
-        return obs, rew.astype(np.float32), dones, out
+        if ends.envs.size:
+            truncated = (trunc[ends.envs] & ~term[ends.envs]).tolist()
+            equity = ends.info["equity"].tolist()
+            liquidated = ends.info["liquidated"].tolist()
+            for j, b in enumerate(ends.envs.tolist()):
+                out[b] = {
+                    "terminal_observation": ends.obs[j],
+                    "TimeLimit.truncated": truncated[j],
+                    "equity": equity[j],
+                    "liquidated": liquidated[j],
+                }
+        return obs, rew.astype(np.float32), term | trunc, out
 
     def close(self) -> None:
         """Nothing to release: there are no subprocesses."""

@@ -11,8 +11,9 @@ torch load only when it is first used, so `import carry_env` stays light. Env i 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import numpy as np
 from gymnasium import spaces
@@ -38,6 +39,12 @@ class CarryTradeVectorEnv(VectorEnv):
     of `[num_envs]` arrays (one per `CarryTradeEnv` info key,
     `spot_qty`/`perp_qty`/`collateral` as `[num_envs, N]`), each with its `_key` mask as gymnasium's
     vector API expects.
+
+    Every array `reset` and `step` return is the caller's: fresh each call, never written again
+    (gymnasium's `SyncVectorEnv` default, and stable-baselines3 keeps the last observation across
+    a step); each info key is a view into one of three fresh copies (info, flags, legs).
+    `step_arrays` is `step` without the batch-wide `infos` (only ended envs report theirs), the
+    path `SB3VecEnv` takes.
 
     Args:
         market: `MarketData` or a market frame.
@@ -75,6 +82,9 @@ class CarryTradeVectorEnv(VectorEnv):
         self._mask = np.ones(num_envs, dtype=np.bool_)
         self._mask.flags.writeable = False
         self._masks = {"_" + key: self._mask for key in _INFO_KEYS}
+        self._action_shape = (num_envs, n)
+        none = np.zeros(0, dtype=np.int64)
+        self._no_ends = _read_only(EpisodeEnds(none, self.engine.obs[none], self._infos(none)))
         self._needs_reset = True
 
     def reset(
@@ -86,45 +96,63 @@ class CarryTradeVectorEnv(VectorEnv):
         """Reset all envs (or those in `options["reset_mask"]`); env i is seeded with `seed + i`."""
         seeds = _env_seeds(seed, self.num_envs)
         opts = dict(options or {})
-        mask = np.asarray(opts.pop("reset_mask", self._mask), dtype=np.bool_)
-        for b in np.flatnonzero(mask):
+        mask = np.asarray(opts.pop("reset_mask", self._mask))
+        if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
+            raise ValueError(
+                f"reset_mask must be a bool array of shape ({self.num_envs},), got "
+                f"{mask.dtype} {mask.shape}"
+            )
+        envs = np.flatnonzero(mask)
+        for b in envs:
             if seeds[b] is not None:
                 self._rngs[b] = seeding.np_random(seeds[b])[0]
-            self.engine.reset_env(int(b), self._rngs[b], opts)
+        self.engine.reset_envs(envs, [self._rngs[b] for b in envs], opts)
         self._needs_reset = False
-        return self.engine.obs.copy(), self._infos()
+        infos = self._infos()
+        infos.update(self._masks)
+        return self.engine.obs.copy(), infos
 
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env; finished envs are reset in the same call."""
-        if self._needs_reset:
-            raise RuntimeError("call reset() before step()")
-        eng = self.engine
-        eng.act[:] = checked_action(actions, (self.num_envs, self.market.n_symbols))
-        eng.step()
+        terminated, truncated, ended = self._advance(actions)
         infos = self._infos()
-        terminated = eng.term.copy()
-        truncated = eng.trunc.copy()
-        done = terminated | truncated
-        if done.any():
-            idx = np.flatnonzero(done)
+        eng = self.engine
+        if ended.size:
             final_obs = np.full(self.num_envs, None, dtype=object)
-            for b in idx:
-                final_obs[b] = eng.obs[b].copy()
-            infos["final_obs"] = final_obs
-            infos["_final_obs"] = done
-            infos["final_info"] = {
-                key: value for key, value in infos.items() if not key.startswith(("_", "final"))
-            }
-            infos["_final_info"] = done
-            for b in idx:
-                self.engine.reset_env(int(b), self._rngs[b], None)
-            infos = {
-                **infos,
-                **{key: v for key, v in self._infos().items() if not key.startswith("_")},
-            }
-        return eng.obs.copy(), eng.rew.copy(), terminated, truncated, infos
+            for b, row in zip(ended.tolist(), eng.obs[ended], strict=True):
+                final_obs[b] = row
+            final_info = infos
+            self._reset_ended(ended)
+            done = terminated | truncated
+            infos = self._infos()
+            infos.update(final_obs=final_obs, _final_obs=done, _final_info=done)
+        out: dict[str, Any] = infos
+        if ended.size:
+            out["final_info"] = final_info
+        out.update(self._masks)
+        return eng.obs.copy(), eng.rew.copy(), terminated, truncated, out
+
+    def step_arrays(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, EpisodeEnds]:
+        """`step` without the batch-wide `infos`: only the envs whose episode ended report theirs.
+
+        Returns `(obs, reward, terminated, truncated, ends)`, the first four as `step` returns
+        them (same-step autoreset included) and `ends` the ended envs' last observations and
+        info (see `EpisodeEnds`). Copying and splitting the batch's info is most of `step`'s
+        time outside the kernel, and a trainer such as stable-baselines3 reads only the ended
+        envs' (`SB3VecEnv` uses this).
+        """
+        terminated, truncated, ended = self._advance(actions)
+        eng = self.engine
+        if ended.size:
+            ends = EpisodeEnds(ended, eng.obs[ended], self._infos(ended))
+            self._reset_ended(ended)
+        else:
+            ends = self._no_ends
+        return eng.obs.copy(), eng.rew.copy(), terminated, truncated, ends
 
     def set_expert_context(self, values: np.ndarray) -> None:
         """Fill the expert-context slot of every env (`[num_envs, expert_context_dim]`)."""
@@ -134,20 +162,63 @@ class CarryTradeVectorEnv(VectorEnv):
             raise ValueError(f"expert context has shape {v.shape}; expected {expected}")
         self.engine.ctx[:] = v
 
-    def _infos(self) -> dict[str, Any]:
+    def _as_weights(self, actions: Any) -> np.ndarray:
+        # The per-asset weights `actions` stand for (a subclass maps other action spaces here).
+        return checked_action(actions, self._action_shape)
+
+    def _advance(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # One kernel call: `terminated`, `truncated` (copies) and the indices of the ended envs,
+        # which still hold their last step (`_reset_ended` resets them).
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step()")
         eng = self.engine
-        # Three contiguous copies; every key is a view of one of them.
-        infos: dict[str, Any] = dict(zip(k.INFO_NAMES, eng.info.copy().T, strict=True))
-        infos.update(zip(k.FLAG_NAMES, eng.flags.copy().T, strict=True))
-        legs = eng.legs.copy()
-        infos["spot_qty"] = legs[:, k.L_SPOT]
-        infos["perp_qty"] = legs[:, k.L_PERP]
-        infos["collateral"] = legs[:, k.L_COLL]
-        infos.update(self._masks)
+        eng.act[:] = self._as_weights(actions)
+        eng.step()
+        terminated = eng.term.copy()
+        truncated = eng.trunc.copy()
+        return terminated, truncated, (terminated | truncated).nonzero()[0]
+
+    def _reset_ended(self, ended: np.ndarray) -> None:
+        # Same-step autoreset of the ended envs, together (one kernel call for their first obs).
+        rngs = self._rngs
+        self.engine.reset_envs(ended, [rngs[b] for b in ended.tolist()], None)
+
+    def _infos(self, envs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        # Every info key of all envs (or of `envs`, in their order), without the `_key` masks:
+        # one copy per state array, each key a view into it.
+        eng = self.engine
+        if envs is None:
+            info, flags, legs = eng.info.copy(), eng.flags.copy(), eng.legs.copy()
+        else:
+            info, flags, legs = eng.info[envs], eng.flags[envs], eng.legs[envs]
+        infos = dict(zip(k.INFO_NAMES, info.T, strict=True))
+        infos.update(zip(k.FLAG_NAMES, flags.T, strict=True))
+        infos.update(zip(_LEG_NAMES, legs.transpose(1, 0, 2), strict=True))
         return infos
 
 
-_INFO_KEYS = (*k.INFO_NAMES, *k.FLAG_NAMES, "spot_qty", "perp_qty", "collateral")
+class EpisodeEnds(NamedTuple):
+    """The envs whose episode ended in a `step_arrays` call, as they were before their reset."""
+
+    envs: np.ndarray
+    """Their indices in the batch, ascending (int64)."""
+    obs: np.ndarray
+    """Their last observations, `[len(envs), obs_dim]` (row j is env `envs[j]`'s)."""
+    info: Mapping[str, np.ndarray]
+    """Their last info, every `step` info key as `[len(envs)]` (per-asset keys
+    `[len(envs), N]`)."""
+
+
+def _read_only(ends: EpisodeEnds) -> EpisodeEnds:
+    # The empty `EpisodeEnds` every step without an ended episode returns (shared, so frozen).
+    for arr in (ends.envs, ends.obs, *ends.info.values()):
+        arr.flags.writeable = False
+    return ends._replace(info=MappingProxyType(dict(ends.info)))
+
+
+_LEG_NAMES = ("spot_qty", "perp_qty", "collateral")
+assert len(_LEG_NAMES) == k.N_LEGS and (k.L_SPOT, k.L_PERP, k.L_COLL) == (0, 1, 2)
+_INFO_KEYS = (*k.INFO_NAMES, *k.FLAG_NAMES, *_LEG_NAMES)
 
 
 def _env_seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:

@@ -170,3 +170,106 @@ def test_batched_equals_single_envs_with_intrabar_margin_and_auto_add(
             np.testing.assert_array_equal(obs[i], o)
     assert liquidated > 0
     assert (added > 0) == (mode == "isolated")
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_returned_arrays_are_the_callers(stress_config: EnvConfig, parallel: bool) -> None:
+    # Each step returns fresh arrays (gymnasium's default, and SB3 keeps the last obs across a
+    # step): what a step returned must not change when later steps and autoresets run.
+    cfg = dataclasses.replace(stress_config, random_start=True, episode_length=8)
+    venv = CarryTradeVectorEnv(MARKET, cfg, 5, parallel=parallel)
+    obs, infos = venv.reset(seed=1)
+    kept = [(obs, infos, obs.copy(), {key: np.copy(v) for key, v in infos.items()})]
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        out = venv.step(rng.uniform(-1, 1, (5, 2)))
+        kept.append((out, out[4], [np.copy(x) for x in out[:4]], _deep_copy(out[4])))
+    for returned, infos, obs_then, infos_then in kept[1:]:
+        for x, x_then in zip(returned[:4], obs_then, strict=True):
+            np.testing.assert_array_equal(x, x_then)
+        _assert_infos_equal(infos, infos_then)
+    np.testing.assert_array_equal(kept[0][0], kept[0][2])
+    _assert_infos_equal(kept[0][1], kept[0][3])
+    assert any("final_info" in infos for _, infos, _, _ in kept[1:])  # autoresets happened
+
+
+def _deep_copy(infos: dict) -> dict:
+    out = {}
+    for key, v in infos.items():
+        if isinstance(v, dict):
+            out[key] = _deep_copy(v)
+        elif v.dtype == object:
+            out[key] = np.array([None if x is None else x.copy() for x in v], dtype=object)
+        else:
+            out[key] = v.copy()
+    return out
+
+
+def _assert_infos_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key, v in a.items():
+        if isinstance(v, dict):
+            _assert_infos_equal(v, b[key])
+        elif v.dtype == object:
+            for x, y in zip(v, b[key], strict=True):
+                assert (x is None) == (y is None)
+                if x is not None:
+                    np.testing.assert_array_equal(x, y)
+        else:
+            np.testing.assert_array_equal(v, b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_step_arrays_equals_step(stress_config: EnvConfig, parallel: bool) -> None:
+    cfg = dataclasses.replace(stress_config, random_start=True, episode_length=12)
+    full = CarryTradeVectorEnv(MARKET, cfg, 6, parallel=parallel)
+    lean = CarryTradeVectorEnv(MARKET, cfg, 6, parallel=parallel)
+    full.reset(seed=40)
+    lean.reset(seed=40)
+    rng = np.random.default_rng(3)
+    ended = 0
+    for _ in range(60):
+        actions = rng.uniform(-1, 1, (6, 2))
+        obs, rew, term, trunc, infos = full.step(actions)
+        obs2, rew2, term2, trunc2, ends = lean.step_arrays(actions)
+        for x, y in ((obs, obs2), (rew, rew2), (term, term2), (trunc, trunc2)):
+            np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(ends.envs, np.flatnonzero(term | trunc))
+        for j, b in enumerate(ends.envs.tolist()):
+            ended += 1
+            np.testing.assert_array_equal(ends.obs[j], infos["final_obs"][b])
+            for key, v in infos["final_info"].items():
+                np.testing.assert_array_equal(ends.info[key][j], v[b], err_msg=key)
+    assert ended >= 12
+
+
+def test_sb3_adapter_reports_the_final_values() -> None:
+    cfg = EnvConfig(random_start=True, episode_length=7)
+    vec = SB3VecEnv(CarryTradeVectorEnv(MARKET, cfg, 4))
+    twin = CarryTradeVectorEnv(MARKET, cfg, 4)
+    vec.seed(9)
+    vec.reset()
+    twin.reset(seed=9)
+    rng = np.random.default_rng(4)
+    for _ in range(10):
+        actions = rng.uniform(-1, 1, (4, 2))
+        vec.step_async(actions)
+        obs, rew, dones, infos = vec.step_wait()
+        obs2, rew2, term, trunc, infos2 = twin.step(actions)
+        np.testing.assert_array_equal(obs, obs2)
+        np.testing.assert_array_equal(rew, rew2.astype(np.float32))
+        for b in range(4):
+            if not dones[b]:
+                assert infos[b] == {}
+                continue
+            final = infos2["final_info"]
+            np.testing.assert_array_equal(infos[b]["terminal_observation"], infos2["final_obs"][b])
+            assert infos[b]["equity"] == final["equity"][b]
+            assert infos[b]["liquidated"] is bool(final["liquidated"][b])
+            assert infos[b]["TimeLimit.truncated"] is bool(trunc[b] and not term[b])
+
+
+def test_reset_mask_of_another_shape_is_an_error() -> None:
+    venv = CarryTradeVectorEnv(MARKET, EnvConfig(), 3)
+    with pytest.raises(ValueError, match=r"reset_mask must be a bool array of shape \(3,\)"):
+        venv.reset(options={"reset_mask": np.array([True, False])})
