@@ -17,7 +17,9 @@ from dagster import AssetExecutionContext
 from carry_pipeline.lib import duckdb_lock
 from carry_pipeline.lib.duckdb_io import CarryDuckDBIOManager, CarryDuckDBResource, read_table
 
-FORK = multiprocessing.get_context("fork")
+# Spawned, not forked: in the full suite the test process already runs torch, numba and DuckDB
+# threads, and a forked child can inherit one of their locks held and hang.
+SPAWN = multiprocessing.get_context("spawn")
 KEYS = [f"p{i:02d}" for i in range(16)]
 DAYS = dg.StaticPartitionsDefinition(KEYS)
 ROWS = 200_000
@@ -57,8 +59,8 @@ def _hold(database: str, plain: bool, seconds: float, ready: Connection) -> None
 
 
 def _start_holder(database: Path, *, plain: bool, seconds: float) -> multiprocessing.Process:
-    parent, child = FORK.Pipe()
-    proc = FORK.Process(target=_hold, args=(str(database), plain, seconds, child))
+    parent, child = SPAWN.Pipe()
+    proc = SPAWN.Process(target=_hold, args=(str(database), plain, seconds, child))
     proc.start()
     assert parent.poll(60) and parent.recv() == "held"
     return proc
@@ -70,8 +72,8 @@ def test_two_processes_writing_through_the_io_manager_at_once_both_land(tmp_path
     go = []
     procs = []
     for share in (keys[0::2], keys[1::2]):
-        parent, child = FORK.Pipe()
-        proc = FORK.Process(target=_write_partitions, args=(database, share, child))
+        parent, child = SPAWN.Pipe()
+        proc = SPAWN.Process(target=_write_partitions, args=(database, share, child))
         proc.start()
         go.append(parent)
         procs.append(proc)
@@ -136,7 +138,7 @@ def test_readers_share_the_lock_and_nested_connections_reuse_it(tmp_path: Path) 
             assert inner.execute("select x from t").fetchall() == [(1,)]
     # A shared hold does not exclude another reader process.
     with duckdb_lock.file_lock(database, exclusive=False):
-        proc = FORK.Process(target=read_table, args=(str(database), "t"))
+        proc = SPAWN.Process(target=read_table, args=(str(database), "t"))
         proc.start()
         proc.join(30)
         assert proc.exitcode == 0
