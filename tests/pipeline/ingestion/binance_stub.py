@@ -67,12 +67,15 @@ class BinanceStub:
         return sum(1 for p, _ in self.requests if p == path)
 
     def start(self) -> BinanceStub:
-        """Serve in a daemon thread."""
+        """Serve GET (and POST, through `_handle_post`) in a daemon thread."""
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 stub._handle(self)
+
+            def do_POST(self) -> None:  # noqa: N802
+                stub._handle_post(self)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -92,6 +95,10 @@ class BinanceStub:
             self._server = None
 
     # ---------------------------------------------------------------------------------------------
+
+    def _handle_post(self, h: BaseHTTPRequestHandler) -> None:
+        # Public market data is GET only; a subclass with order endpoints overrides this.
+        _send(h, 405, {"code": -1, "msg": f"POST {h.path} is not served by this stub"})
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(h.path)

@@ -6,9 +6,8 @@ too ("400:-2010" insufficient balance, "400:-1013" filter failure, "timeout", "5
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -65,27 +64,6 @@ class TradingStub(BinanceStub):
         self.fee_rate = fee_rate
         self.orders: list[tuple[str, dict[str, str]]] = []
         self._next_id = 1000
-
-    def start(self) -> TradingStub:
-        """Serve GET and POST in a daemon thread."""
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                stub._handle(self)
-
-            def do_POST(self) -> None:  # noqa: N802
-                stub._handle_post(self)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        return self
 
     def _route(self, path: str, q: dict[str, str]) -> tuple[int, Any]:
         info = {"timezone": "UTC", "serverTime": int(time.time() * 1000), "rateLimits": []}
