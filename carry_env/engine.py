@@ -330,7 +330,10 @@ class Engine:
 def _entry_point(dispatcher: Any, args: tuple[Any, ...]) -> Any:
     # The compiled function for these argument types, called without numba's per-call type dispatch
     # (about 0.5 us of a ~3 us step). Safe because the engine owns the arrays and never changes
-    # their dtypes or ranks.
+    # their dtypes or ranks. None (call the kernel itself) when numba's JIT is disabled
+    # (NUMBA_DISABLE_JIT=1: the kernel is a plain Python function).
+    if not hasattr(dispatcher, "typeof_pyval"):
+        return None
     sig = tuple(dispatcher.typeof_pyval(a) for a in args)
     cres = dispatcher.overloads.get(sig)
     return cres.entry_point if cres is not None else None

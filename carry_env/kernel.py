@@ -9,9 +9,10 @@ split path (an injected executor between planning and applying) run the same cod
 2. `sim_fill_env`: the simulated executor: full fills at mid, charged fees, half-spread, depth
    impact and tick.
 3. `apply_env`: book fills, move the clock one bar, mark to market, settle funding, accrue borrow,
-   check margin (at the close and the bar's adverse extremes), top up isolated collateral from
-   free cash (auto-add margin, when on) and liquidate, close a bankrupt account, compute the
-   reward, write info and the next observation.
+   check margin (at the close and the bar's adverse extremes: each isolated perp and the isolated
+   spot margin account, or the unified account), top up isolated collateral from free cash
+   (auto-add margin, when on) and liquidate, close a bankrupt account, compute the reward, write
+   info and the next observation.
 
 Accounting (all in quote currency): `equity = cash + sum(spot_qty * spot_price) + sum(collateral)`.
 Perp variation margin and funding are booked to the isolated collateral (unified mode: to cash), so
@@ -840,6 +841,38 @@ def _unified_crossing(
 
 
 @_jit(inline="always")
+def _spot_account_path(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> tuple[float, float, float, float]:
+    """The isolated spot margin account (cash and spot legs, against the borrowed coins of short
+    spot legs and the borrowed USDT of negative cash) on the straight path from bar t's close
+    (`lam = 0`) to every spot leg's adverse extreme (`lam = 1`, `_spot_extreme`).
+
+    Equity `E(lam) = cash + sum(q * s(lam))` and liabilities `L(lam) = max(-cash, 0) + sum(max(-q,
+    0) * s(lam))` are linear in `lam` (cash is constant on this path: the perps' variation margin
+    goes to their collateral), so the surplus `E - spot_mmr * L` is too, and a breach at the
+    extremes is crossed once, at `lam = f0 / (f0 - f1)`. Returns `(f0, f1, E(1), L(1))`, `f` the
+    surplus at the close and at the extremes.
+    """
+    smmr = cfg[C_SPOT_MMR]
+    cash = fs[b, F_CASH]
+    e0 = cash
+    l0 = max(-cash, 0.0)
+    de = 0.0
+    dl = 0.0
+    for i in range(as_.shape[1]):
+        s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
+        q = as_[b, i, A_SPOT]
+        ds = s * (_spot_extreme(b, i, t, mkt, as_) - 1.0)
+        short = max(-q, 0.0)
+        e0 += q * s
+        de += q * ds
+        l0 += short * s
+        dl += short * ds
+    return e0 - smmr * l0, e0 + de - smmr * (l0 + dl), e0 + de, l0 + dl
+
+
+@_jit(inline="always")
 def _bar_ratios(
     b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
 ) -> float:
@@ -847,10 +880,13 @@ def _bar_ratios(
 
     Isolated: fills `as_[b, i, A_MR_BAR]`: the ratio of asset i's perp with the mark at `mark *
     low / close` for a long perp, `mark * high / close` for a short one (the data's intrabar range
-    of the last price, carried over to the mark). Unified: the account's ratio with every leg at
-    its adverse extreme (`_unified_path` at `lam = 1`: the perps' range carried to the mark as in
-    isolated mode, the spot legs' from `spot_high` / `spot_low`), in `A_MR_BAR` of each asset with
-    a perp (as `A_MR` holds the close's). A leg without a range in the frame counts at its close.
+    of the last price, carried over to the mark); the returned lowest also counts the spot margin
+    account with every spot leg at its adverse extreme (`_spot_account_path` at `lam = 1`: long
+    spot at `spot_low`, short at `spot_high`), which no `A_MR_BAR` holds. Unified: the account's
+    ratio with every leg at its adverse extreme (`_unified_path` at `lam = 1`: the perps' range
+    carried to the mark as in isolated mode, the spot legs' from `spot_high` / `spot_low`), in
+    `A_MR_BAR` of each asset with a perp (as `A_MR` holds the close's). A leg without a range in
+    the frame counts at its close.
     """
     worst = np.inf
     n = as_.shape[1]
@@ -873,6 +909,9 @@ def _bar_ratios(
         x *= mkt[t, i, M_LOW_R] if q > 0.0 else mkt[t, i, M_HIGH_R]
         as_[b, i, A_MR_BAR] = (as_[b, i, A_COLL] + q * (x - p)) / (mmr * abs(q) * x)
         worst = min(worst, as_[b, i, A_MR_BAR])
+    f0, f1, spot_eq, liab = _spot_account_path(b, t, mkt, cfg, fs, as_)
+    if liab > 0.0:
+        worst = min(worst, spot_eq / (cfg[C_SPOT_MMR] * liab))
     return worst
 
 
@@ -1058,8 +1097,10 @@ def _liquidate(
     # env knows past the line), else its liquidation price when only the bar's adverse extreme
     # does (the mark crossed the line inside the bar and the engine took the position over there).
     # Either way the trader loses what collateral the position had left at that mark, as on an
-    # exchange. The spot margin account (cash and spot legs) is closed only when its own ratio is
-    # below 1; everything else stays open.
+    # exchange. The spot margin account (cash and spot legs, `_spot_account_path`) is closed only
+    # when its own ratio is below 1: at the close's spot prices when the close breaches, else,
+    # when only the spot legs' adverse extremes do, where its surplus crossed 0 on the straight
+    # path to them (the move from the close re-booked as price P&L). Everything else stays open.
     n = as_.shape[1]
     if cfg[C_UNIFIED] > 0.0:
         lam = 0.0 if close_ratio < 1.0 else _unified_crossing(b, t, mkt, cfg, fs, as_)
@@ -1081,19 +1122,25 @@ def _liquidate(
         loss += lost
         insurance += absorbed
         price_pnl += repriced
+    # The spot account, with the cash the liquidated perps gave back: its surplus at the close
+    # (f0) and at the spot legs' adverse extremes (f1) decides whether and where it closes.
+    f0, f1, e1, l1 = _spot_account_path(b, t, mkt, cfg, fs, as_)
+    if f0 < 0.0:
+        lam = 0.0
+    elif f1 < 0.0:
+        lam = f0 / (f0 - f1)
+    else:
+        return loss, insurance, price_pnl
     spot_eq = fs[b, F_CASH]
-    liab = max(-fs[b, F_CASH], 0.0)
     for i in range(n):
         s, p, sd, pd = effective_prices(b, i, t, mkt, fs, as_, cfg)
-        q = as_[b, i, A_SPOT]
-        spot_eq += q * s
-        liab += max(-q, 0.0) * s
-    if liab > 0.0 and spot_eq < cfg[C_SPOT_MMR] * liab:
-        cost, moved = _close_spot(b, t, 0.0, mkt, cfg, fs, as_)
-        rest, lost, absorbed = _absorb(spot_eq, cost)
-        fs[b, F_CASH] = rest
-        loss += lost
-        insurance += absorbed
+        spot_eq += as_[b, i, A_SPOT] * s
+    cost, moved = _close_spot(b, t, lam, mkt, cfg, fs, as_)
+    rest, lost, absorbed = _absorb(spot_eq + moved, cost)
+    fs[b, F_CASH] = rest
+    loss += lost
+    insurance += absorbed
+    price_pnl += moved
     return loss, insurance, price_pnl
 
 

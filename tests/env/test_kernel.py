@@ -547,6 +547,63 @@ def test_intrabar_low_liquidates_a_long_perp_but_not_a_short() -> None:
     assert not info["liquidated"]
 
 
+def test_intrabar_spot_high_liquidates_the_spot_account_of_a_reverse_carry() -> None:
+    # Reverse carry (a = -1): -750 coins borrowed at 100 and +750 perps (collateral 25,000), cash
+    # 100,000 + 75,000 - 25,000 = 150,000. Bar 1 closes at 100: the spot account holds 150,000 -
+    # 75,000 = 75,000 against 10 % of the 75,000 borrowed (ratio 10, safe), but both legs trade up
+    # to 190 inside the bar. At 190 it holds 7,500 against 14,250: a breach. It crosses the line
+    # where 150,000 - 750 s = 10 % * 750 s: s = 150,000 / 825 = 181.82 (lam = 67,500 / 74,250 of
+    # the way to the high). The coins are bought back there: price P&L -750 * (s - 100) =
+    # -61,363.64 re-booked, the haircut 0.5 % * 750 * s = 681.82 out of the 13,636.36 left, cash
+    # 12,954.55. The long perp (checked at its low: none, so the close) stays open with its 25,000
+    # (isolated: its gain at the high does not help the spot account). Equity 37,954.55.
+    spot = [100.0, 100.0, 100.0]
+    high = [None, 190.0, None]
+    env = _env(FRICTIONLESS, spot=spot, spot_high=high, perp_high=high)
+    _, _, terminated, _, info = env.step(np.array([-1.0]))
+    s = 150_000 / 825
+    assert info["liquidated"] and terminated
+    assert info["spot_qty"][0] == 0.0
+    assert info["perp_qty"][0] == pytest.approx(750.0)
+    assert info["collateral"][0] == pytest.approx(25_000.0)
+    assert info["price_pnl"] == pytest.approx(-750 * (s - 100))
+    assert info["liquidation_loss"] == pytest.approx(0.005 * 750 * s)
+    assert info["insurance_fund"] == 0.0
+    assert info["cash"] == pytest.approx(0.1 * 750 * s - 0.005 * 750 * s)
+    assert info["equity"] == pytest.approx(25_000 + 0.095 * 750 * s)
+    assert info["equity"] - 100_000 == pytest.approx(booked_flows(info), abs=1e-6)
+    # Without the spot high the close alone decides: nothing is liquidated (and the same high
+    # without reverse carry's borrowed coins is no risk to the spot account).
+    _, _, _, _, info = _env(FRICTIONLESS, spot=spot, perp_high=high).step(np.array([-1.0]))
+    assert not info["liquidated"] and info["margin_ratio"] == pytest.approx(10.0)
+    _, _, _, _, info = _env(FRICTIONLESS, spot=spot, spot_high=high).step(np.array([1.0]))
+    assert not info["liquidated"]
+
+
+def test_intrabar_spot_low_liquidates_a_spot_account_on_borrowed_usdt() -> None:
+    # Long carry at leverage_cap 3: 1,500 coins (150,000) and -1,500 perps (collateral 50,000),
+    # cash 100,000 - 150,000 - 50,000 = -100,000 (borrowed USDT). Bar 1 closes at 100 (the spot
+    # account holds 50,000 against 10 % of the 100,000 owed: ratio 5) with both legs' low at 60:
+    # there it holds -10,000, a breach. Cash stays -100,000 on the way down, so the owed USDT and
+    # its maintenance are constant: the line is crossed where 1,500 s - 100,000 = 10,000, s =
+    # 73.33. The coins are sold there: price P&L -40,000, the haircut 0.5 % * 110,000 = 550 out of
+    # the 10,000 left, cash 9,450. The short perp (checked at its high: none) stays open with its
+    # 50,000: equity 59,450. Without the low nothing is liquidated.
+    cfg = _cfg(leverage_cap=3.0)
+    low = [None, 60.0, None]
+    env = _env(cfg, spot=[100.0] * 3, spot_low=low, perp_low=low)
+    _, _, _, _, info = env.step(np.array([1.0]))
+    assert info["liquidated"]
+    assert info["spot_qty"][0] == 0.0 and info["perp_qty"][0] == pytest.approx(-1_500.0)
+    assert info["price_pnl"] == pytest.approx(-40_000.0)
+    assert info["liquidation_loss"] == pytest.approx(550.0)
+    assert info["cash"] == pytest.approx(9_450.0)
+    assert info["equity"] == pytest.approx(59_450.0)
+    assert info["equity"] - 100_000 == pytest.approx(booked_flows(info), abs=1e-6)
+    _, _, _, _, info = _env(cfg, spot=[100.0] * 3, perp_low=low).step(np.array([1.0]))
+    assert not info["liquidated"] and info["margin_ratio"] == pytest.approx(5.0)
+
+
 def test_volatility_penalty_grows_with_unhedged_risk() -> None:
     # Same prices, perp pinned: a hedged book barely moves, an unhedged spot leg does.
     spot = [100, 103, 98, 104, 97, 105]
