@@ -40,11 +40,13 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     mark (index plus a clamped moving average of the basis) would. The books and `price_pnl` mark
     at the last price. With `perp_high` / `perp_low` in the frame, each isolated perp is also
     checked at the bar's adverse extreme (high for a short, low for a long, carried to the mark as
-    `mark * extreme / close`). The unified account is also checked with every leg at its adverse
-    extreme (long spot at `spot_low`, short spot at `spot_high`, perps as in isolated mode; a leg
-    without a range at its close): the combination of extremes that minimises the account's margin
-    surplus given its signs. It is a bound: the legs' extremes need not fall at the same moment, so
-    a hedged pair is charged both legs' adverse ranges at once.
+    `mark * extreme / close`); with `spot_high` / `spot_low`, so is the isolated spot margin account
+    (cash and spot legs against the borrowed coins and USDT), every spot leg at its adverse extreme
+    (the high for a short leg, the low for a long one). The unified account is also checked with
+    every leg at its adverse extreme (long spot at `spot_low`, short spot at `spot_high`, perps as
+    in isolated mode; a leg without a range at its close): the combination of extremes that
+    minimises the account's margin surplus given its signs. It is a bound: the legs' extremes need
+    not fall at the same moment, so a hedged pair is charged both legs' adverse ranges at once.
 
     Auto-add margin (`isolated_auto_add_margin`, off by default): before liquidating, the venue
     tops up each isolated perp whose ratio at the close or the adverse extreme is below
@@ -128,7 +130,9 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
     and the other assets stay open, now unhedged); unified margin liquidates the whole account, with
     equity floored at zero. An isolated perp liquidated at the close fills at the close's mark; one
     that breaches only at the bar's extreme fills at its liquidation price (the mark at which its
-    ratio is exactly 1), not at the close, so the bar's recovery is not credited; a unified account
+    ratio is exactly 1), not at the close, so the bar's recovery is not credited; an isolated spot
+    margin account below its maintenance closes its spot legs (the perps stay open) at the close,
+    or, when only the spot legs' extremes breach, where it crossed the line; a unified account
     that breaches only at the extremes closes every leg where it crossed the line on the straight
     path from the close to them. Either way what the position (or account) has left pays the
     haircut and fee, and anything beyond the bankruptcy price is `insurance_fund`. A step that
@@ -176,11 +180,13 @@ class CarryTradeEnv(gym.Env[np.ndarray, np.ndarray]):
       the flash event's basis blow-out; v0 used the last price, so a flash spike of the perp alone
       could liquidate a hedged book); isolated margin is also checked at the bar's adverse
       `perp_high` / `perp_low` (v0 checked closes only: at `perp_leverage=10` six real BTC 8 h
-      candles breach at their low and v0 liquidated none), and unified margin with every leg at
-      its adverse extreme (optional `spot_high` / `spot_low` columns), liquidating where the
-      account crosses the line; optional isolated auto-add margin (`isolated_auto_add_margin`,
-      off by default, `info["margin_added"]`), which the pipeline turns on; equity never ends a
-      step below zero, in either mode, even with margin off or halted (v0 let it go negative).
+      candles breach at their low and v0 liquidated none), the isolated spot margin account with
+      every spot leg at its adverse extreme (optional `spot_high` / `spot_low` columns) and unified
+      margin with every leg at its adverse extreme, each liquidating where the account crosses the
+      line (isolated: the spot legs only); optional isolated auto-add margin
+      (`isolated_auto_add_margin`, off by default, `info["margin_added"]`), which the pipeline turns
+      on; equity never ends a step below zero, in either mode, even with margin off or halted (v0
+      let it go negative).
     - v0: first release.
     """
 

@@ -29,7 +29,8 @@ only); funding and margin use it where present and the perp price where not (`ca
 `perp_high` / `perp_low` and `spot_high` / `spot_low` are the extremes of each leg's price over the
 bar that ends at `ts` (the pipeline's `market_bars` OHLC); where present, maintenance margin is
 also checked at the adverse extreme, not only at the close (isolated perps at the perp's, the
-unified account at both legs'; a leg without them counts at its close)."""
+isolated spot margin account at the spot legs', the unified account at both legs'; a leg without
+them counts at its close)."""
 MAX_MARK_DEVIATION = 0.5
 """A mark more than 50 % away from the perp price of its bar is another market's mark (or a unit
 error), not a basis."""
