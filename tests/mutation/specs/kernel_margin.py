@@ -1,5 +1,6 @@
-"""Mutations of the kernel's margin, liquidation, mark-price, intrabar-margin (isolated and
-unified), auto-add-margin, bankruptcy and unified-funding code (carry_env/kernel.py)."""
+"""Mutations of the kernel's margin, liquidation, mark-price, intrabar-margin (isolated perps, the
+isolated spot account, unified), auto-add-margin, bankruptcy and unified-funding code
+(carry_env/kernel.py)."""
 
 from __future__ import annotations
 
@@ -185,5 +186,33 @@ MUTATIONS: list[Mutation] = [
         ),
         note="Unified margin takes a long spot leg at its high (the favourable side), so a spot"
         " low inside the bar never liquidates.",
+    ),
+    Mutation(
+        id="margin-isolated-spot-intrabar-ignored",
+        path=_KERNEL,
+        old="        worst = min(worst, spot_eq / (cfg[C_SPOT_MMR] * liab))\n",
+        new="        worst = min(worst, np.inf)\n",
+        tests=(
+            "tests/env/test_kernel.py::"
+            "test_intrabar_spot_high_liquidates_the_spot_account_of_a_reverse_carry",
+            "tests/env/test_kernel.py::"
+            "test_intrabar_spot_low_liquidates_a_spot_account_on_borrowed_usdt",
+        ),
+        note="The isolated spot margin account is checked at the close only: a short spot leg's"
+        " high (or a long one's low on borrowed USDT) inside the bar never liquidates it.",
+    ),
+    Mutation(
+        id="margin-isolated-spot-intrabar-fills-at-the-extreme",
+        path=_KERNEL,
+        old="        lam = f0 / (f0 - f1)\n",
+        new="        lam = 1.0\n",
+        tests=(
+            "tests/env/test_kernel.py::"
+            "test_intrabar_spot_high_liquidates_the_spot_account_of_a_reverse_carry",
+            "tests/env/test_kernel.py::"
+            "test_intrabar_spot_low_liquidates_a_spot_account_on_borrowed_usdt",
+        ),
+        note="An isolated spot account breaching only inside the bar closes its spot legs at"
+        " their extremes, past the line where the venue would have taken it over.",
     ),
 ]
