@@ -221,6 +221,33 @@ def test_unified_intrabar_margin_on_real_8h_bars_is_a_bound(
     assert liquidations(frame_8h, 10.0) == at_10x
 
 
+@pytest.mark.parametrize(("weight", "with_range", "at_closes"), [(-1.0, 14, 4), (1.0, 6, 1)])
+def test_spot_extremes_liquidate_the_isolated_spot_account_on_real_8h_bars(
+    frame_8h: pl.DataFrame, weight: float, with_range: int, at_closes: int
+) -> None:
+    # Isolated carry at leverage_cap 4 re-opened every bar, liquidations not ending the episode.
+    # Reverse: 2 coins borrowed per unit of equity against 2.33 of cash, so the spot account
+    # breaches once spot is 6.1 % above the entry; long: 1.67 of USDT borrowed against 2 coins,
+    # breaching 8.3 % below it. The spot legs' highs (lows) breach in 14 (6) bars, the closes in
+    # 4 (1); every one closes the spot legs only (the 3x perps stay open).
+    def liquidations(frame: pl.DataFrame) -> int:
+        config = dataclasses.replace(FRICTIONLESS, leverage_cap=4.0, liquidation_ends_episode=False)
+        env = CarryTradeEnv(frame, config)
+        _, info = env.reset(seed=0)
+        equity, count = info["equity"], 0
+        while True:
+            _, _, terminated, truncated, info = env.step(np.array([weight]))
+            assert info["equity"] - equity == pytest.approx(booked_flows(info), abs=1e-6)
+            if info["liquidated"]:
+                assert info["spot_qty"][0] == 0.0 and info["perp_qty"][0] != 0.0
+            equity, count = info["equity"], count + bool(info["liquidated"])
+            if terminated or truncated:
+                return count
+
+    assert liquidations(frame_8h) == with_range
+    assert liquidations(frame_8h.drop("spot_high", "spot_low")) == at_closes
+
+
 def test_funding_on_real_8h_bars_settles_at_the_published_mark(frame_8h: pl.DataFrame) -> None:
     # Long carry opened on the first bar and held (margin off, so the short survives the rally):
     # each print pays -perp_qty * mark * rate, with the mark published with the print where the

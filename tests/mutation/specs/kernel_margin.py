@@ -197,6 +197,8 @@ MUTATIONS: list[Mutation] = [
             "test_intrabar_spot_high_liquidates_the_spot_account_of_a_reverse_carry",
             "tests/env/test_kernel.py::"
             "test_intrabar_spot_low_liquidates_a_spot_account_on_borrowed_usdt",
+            "tests/env/test_real_data.py::"
+            "test_spot_extremes_liquidate_the_isolated_spot_account_on_real_8h_bars",
         ),
         note="The isolated spot margin account is checked at the close only: a short spot leg's"
         " high (or a long one's low on borrowed USDT) inside the bar never liquidates it.",
