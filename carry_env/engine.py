@@ -240,6 +240,25 @@ class Engine:
         self.info[envs, k.K_MARGIN_RATIO] = self.fs[envs, k.F_MARGIN_RATIO]
 
     # ---- stepping ----
+    def renew_outputs(self, *, keep: bool = False) -> None:
+        """Rebind `rew`, `term`, `trunc`, `info`, `flags` and `legs` to new arrays, so that the
+        current ones can be handed out without a copy: the engine never writes them again.
+
+        Without `keep` the new arrays are uninitialised (`np.empty`), for a step of a batch in
+        which every env is live (none past its episode's end, as in a vector env with same-step
+        autoreset): such a step writes every entry of every env. With `keep` they are copies, for a
+        partial reset, which writes only the reset envs' rows.
+        """
+        new = np.ndarray.copy if keep else np.empty_like
+        self.rew = new(self.rew)
+        self.term = new(self.term)
+        self.trunc = new(self.trunc)
+        self.info = new(self.info)
+        self.flags = new(self.flags)
+        self.legs = new(self.legs)
+        a = self._args
+        self._args = (*a[:11], self.rew, self.term, self.trunc, self.info, self.flags, self.legs)
+
     def step(self) -> None:
         """Advance every env one bar with the actions in `self.act` (NaN holds an asset)."""
         if self.fused:

@@ -42,7 +42,10 @@ class CarryTradeVectorEnv(VectorEnv):
 
     Every array `reset` and `step` return is the caller's: fresh each call, never written again
     (gymnasium's `SyncVectorEnv` default, and stable-baselines3 keeps the last observation across
-    a step); each info key is a view into one of three fresh copies (info, flags, legs).
+    a step); each info key is a view into one of three arrays (info, flags, legs). A step writes
+    reward, flags, info and legs into arrays the engine allocates for that step alone
+    (`Engine.renew_outputs`) and hands out without copying them; the observation, which a feed
+    outage carries over from the last step, is copied.
     `step_arrays` is `step` without the batch-wide `infos` (only ended envs report theirs), the
     path `SB3VecEnv` takes.
 
@@ -106,33 +109,34 @@ class CarryTradeVectorEnv(VectorEnv):
         for b in envs:
             if seeds[b] is not None:
                 self._rngs[b] = seeding.np_random(seeds[b])[0]
-        self.engine.reset_envs(envs, [self._rngs[b] for b in envs], opts)
+        eng = self.engine
+        eng.renew_outputs(keep=True)  # the last step's arrays are the caller's
+        eng.reset_envs(envs, [self._rngs[b] for b in envs], opts)
         self._needs_reset = False
         infos = self._infos()
         infos.update(self._masks)
-        return self.engine.obs.copy(), infos
+        return eng.obs.copy(), infos
 
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env; finished envs are reset in the same call."""
         terminated, truncated, ended = self._advance(actions)
-        infos = self._infos()
         eng = self.engine
         if ended.size:
             final_obs = np.full(self.num_envs, None, dtype=object)
             for b, row in zip(ended.tolist(), eng.obs[ended], strict=True):
                 final_obs[b] = row
-            final_info = infos
+            final_info = self._infos(copy=True)  # the reset below writes the ended envs' rows
             self._reset_ended(ended)
             done = terminated | truncated
             infos = self._infos()
             infos.update(final_obs=final_obs, _final_obs=done, _final_info=done)
-        out: dict[str, Any] = infos
-        if ended.size:
-            out["final_info"] = final_info
-        out.update(self._masks)
-        return eng.obs.copy(), eng.rew.copy(), terminated, truncated, out
+            infos["final_info"] = final_info
+        else:
+            infos = self._infos()
+        infos.update(self._masks)
+        return eng.obs.copy(), eng.rew, terminated, truncated, infos
 
     def step_arrays(
         self, actions: np.ndarray
@@ -152,7 +156,7 @@ class CarryTradeVectorEnv(VectorEnv):
             self._reset_ended(ended)
         else:
             ends = self._no_ends
-        return eng.obs.copy(), eng.rew.copy(), terminated, truncated, ends
+        return eng.obs.copy(), eng.rew, terminated, truncated, ends
 
     def set_expert_context(self, values: np.ndarray) -> None:
         """Fill the expert-context slot of every env (`[num_envs, expert_context_dim]`)."""
@@ -167,28 +171,33 @@ class CarryTradeVectorEnv(VectorEnv):
         return checked_action(actions, self._action_shape)
 
     def _advance(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # One kernel call: `terminated`, `truncated` (copies) and the indices of the ended envs,
+        # One kernel call, into fresh output arrays (every env is live: ended envs were reset in
+        # the step that ended them): `terminated`, `truncated` and the indices of the ended envs,
         # which still hold their last step (`_reset_ended` resets them).
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
         eng = self.engine
         eng.act[:] = self._as_weights(actions)
+        eng.renew_outputs()
         eng.step()
-        terminated = eng.term.copy()
-        truncated = eng.trunc.copy()
-        return terminated, truncated, (terminated | truncated).nonzero()[0]
+        return eng.term, eng.trunc, (eng.term | eng.trunc).nonzero()[0]
 
     def _reset_ended(self, ended: np.ndarray) -> None:
         # Same-step autoreset of the ended envs, together (one kernel call for their first obs).
         rngs = self._rngs
         self.engine.reset_envs(ended, [rngs[b] for b in ended.tolist()], None)
 
-    def _infos(self, envs: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        # Every info key of all envs (or of `envs`, in their order), without the `_key` masks:
-        # one copy per state array, each key a view into it.
+    def _infos(
+        self, envs: np.ndarray | None = None, *, copy: bool = False
+    ) -> dict[str, np.ndarray]:
+        # Every info key of all envs (or of `envs`, in their order), without the `_key` masks, each
+        # key a view into the engine's arrays (the step's own, which no later step writes) or,
+        # with `copy` or `envs`, into a copy of them.
         eng = self.engine
         if envs is None:
-            info, flags, legs = eng.info.copy(), eng.flags.copy(), eng.legs.copy()
+            info, flags, legs = eng.info, eng.flags, eng.legs
+            if copy:
+                info, flags, legs = info.copy(), flags.copy(), legs.copy()
         else:
             info, flags, legs = eng.info[envs], eng.flags[envs], eng.legs[envs]
         infos = dict(zip(k.INFO_NAMES, info.T, strict=True))

@@ -193,6 +193,63 @@ def test_returned_arrays_are_the_callers(stress_config: EnvConfig, parallel: boo
     assert any("final_info" in infos for _, infos, _, _ in kept[1:])  # autoresets happened
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_partial_resets_and_step_arrays_leave_returned_arrays_alone(
+    stress_config: EnvConfig, parallel: bool
+) -> None:
+    # A step hands out the arrays the kernel wrote (no copy): a later step, a same-step autoreset
+    # or a partial reset (which writes only the reset envs' rows) must not write them.
+    cfg = dataclasses.replace(stress_config, random_start=True, episode_length=6)
+    venv = CarryTradeVectorEnv(MARKET, cfg, 5, parallel=parallel)
+    venv.reset(seed=3)
+    rng = np.random.default_rng(4)
+    kept = []
+    for j in range(30):
+        actions = rng.uniform(-1, 1, (5, 2))
+        if j % 7 == 3:
+            mask = rng.uniform(size=5) < 0.5
+            obs, infos = venv.reset(options={"reset_mask": mask})
+            kept.append(((obs,), infos, (obs.copy(),), _deep_copy(infos)))
+        elif j % 2:
+            out = venv.step(actions)
+            kept.append((out[:4], out[4], [np.copy(x) for x in out[:4]], _deep_copy(out[4])))
+        else:
+            *arrays, ends = venv.step_arrays(actions)
+            info = dict(ends.info)
+            kept.append((arrays, info, [np.copy(x) for x in arrays], _deep_copy(info)))
+    for arrays, infos, arrays_then, infos_then in kept:
+        for x, x_then in zip(arrays, arrays_then, strict=True):
+            np.testing.assert_array_equal(x, x_then)
+        _assert_infos_equal(infos, infos_then)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_every_output_entry_is_written_each_step(
+    stress_config: EnvConfig, parallel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A step writes into uninitialised arrays (`Engine.renew_outputs`): poisoned with two
+    # different values, the returned rewards, flags, info and positions must not differ.
+    import carry_env.engine as engine_module
+
+    def run(poison: float) -> list:
+        def poisoned(a: np.ndarray) -> np.ndarray:
+            return np.full_like(a, bool(poison > 0) if a.dtype == np.bool_ else poison)
+
+        monkeypatch.setattr(engine_module.np, "empty_like", poisoned)
+        cfg = dataclasses.replace(stress_config, random_start=True, episode_length=9)
+        venv = CarryTradeVectorEnv(MARKET_DETAIL, cfg, 6, parallel=parallel)
+        venv.reset(seed=8)
+        rng = np.random.default_rng(9)
+        outs = [venv.step(rng.uniform(-1, 1, (6, 2))) for _ in range(40)]
+        monkeypatch.undo()
+        return [(o[1], o[2], o[3], _deep_copy(o[4])) for o in outs]
+
+    for a, b in zip(run(1e300), run(-1e300), strict=True):
+        for x, y in zip(a[:3], b[:3], strict=True):
+            np.testing.assert_array_equal(x, y)
+        _assert_infos_equal(a[3], b[3])
+
+
 def _deep_copy(infos: dict) -> dict:
     out = {}
     for key, v in infos.items():

@@ -9,7 +9,7 @@ Tables (primary keys in brackets, so a bar booked twice is an error, never a dup
 | `paper.orders` | leg with a planned order: planned qty, risk scale, qty sent | bar, symbol, leg |
 | `paper.fills` | leg sent: filled/unfilled qty, vwap, mid, fee, costs, book | bar, symbol, leg |
 | `paper.positions` | asset after the bar: spot, perp, collateral | bar, symbol |
-| `paper.equity` | bar: equity, cash, the step's cash flows, risk state + snapshot | bar |
+| `paper.equity` | bar: equity, cash, cash flows, margin added, risk state + snapshot | bar |
 | `paper.risk_events` | risk record (decision, denial, state change, feed fault) | bar, seq |
 | `paper.alerts` | alert (risk state change, feed down, policy divergence) | bar, seq |
 | `paper.policy_state` | bar of a stateful policy: its packed state after the bar | bar |
@@ -17,6 +17,10 @@ Tables (primary keys in brackets, so a bar booked twice is an error, never a dup
 `bar` is the env bar index the decision was taken at; the equity row is marked one bar later.
 `commit_bar` writes all tables of a bar or none (one `BEGIN ... COMMIT`); a process killed mid-bar
 leaves the last committed bar intact, which `replay_bars` returns for the resume.
+
+`paper.equity.margin_added` is the cash auto-add margin moved into isolated collateral at the bar
+(a transfer: it explains a change of `cash` that no cash flow does). A ledger written before the
+column existed gets it on open (`_MIGRATIONS`), null on the bars it already holds.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ create table if not exists paper.equity (
     session_id varchar, bar integer, ts timestamptz, equity double, cash double,
     funding_pnl double, price_pnl double, fees double, slippage double, borrow_cost double,
     liquidation_loss double, insurance_fund double, margin_ratio double, drawdown double,
-    leverage double, risk_state varchar, risk_snapshot varchar, primary key (session_id, bar));
+    leverage double, risk_state varchar, risk_snapshot varchar, margin_added double,
+    primary key (session_id, bar));
 create table if not exists paper.risk_events (
     session_id varchar, bar integer, seq integer, kind varchar, rule varchar, symbol varchar,
     state varchar, reason varchar, figures varchar, primary key (session_id, bar, seq));
@@ -62,6 +67,12 @@ create table if not exists paper.alerts (
 create table if not exists paper.policy_state (
     session_id varchar, bar integer, state blob, primary key (session_id, bar));
 """
+
+_MIGRATIONS = """
+alter table paper.equity add column if not exists margin_added double;
+"""
+"""Columns added since a table was first created, appended (so old and new tables share one
+column order); every statement is idempotent and runs on each open."""
 
 TABLES = (
     "sessions",
@@ -147,6 +158,7 @@ class Ledger:
         self._prefix = f"{quoted}.paper."
         self.con.execute(f"create schema if not exists {quoted}.paper")
         self._sql(_DDL)
+        self._sql(_MIGRATIONS)
 
     def _sql(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
         # Run `sql` with `paper.` qualified by the catalog.
@@ -213,7 +225,7 @@ class Ledger:
                 [session_id, rec.bar, *rec.decision],
             )
             run(
-                "insert into paper.equity values (" + ", ".join(["?"] * 17) + ")",
+                "insert into paper.equity values (" + ", ".join(["?"] * 18) + ")",
                 [session_id, rec.bar, *rec.equity],
             )
             for table, rows, width in (

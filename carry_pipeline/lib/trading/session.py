@@ -514,6 +514,7 @@ def _bar_record(
         info["leverage"],
         str(manager.state),
         to_json(manager.snapshot()),
+        info["margin_added"],
     )
     orders = []
     if gate.planned is not None and gate.scale is not None:

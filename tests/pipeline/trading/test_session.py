@@ -77,6 +77,53 @@ def test_paper_session_equals_the_backtest_of_the_same_bars(tmp_path: Path) -> N
     )
 
 
+def test_paper_ledger_books_auto_add_margin_as_the_backtest_does(tmp_path: Path) -> None:
+    # Isolated auto-add margin at 20x (a perp opens at a margin ratio of 10, below the trigger of
+    # 15, so free cash tops it up to 20): each bar's `margin_added` in paper.equity is the env's,
+    # and it explains the cash that left for the collateral.
+    cfg = EnvConfig(
+        slippage_k=0.0,
+        perp_leverage=20.0,
+        isolated_auto_add_margin=True,
+        auto_add_margin_trigger=15.0,
+        auto_add_margin_target=20.0,
+    )
+    market = make_market()
+    n = 60
+    ledger = Ledger(tmp_path / "p.duckdb")
+    run_paper_session(
+        spec=SessionSpec("auto", cfg, WIDE_RISK, seed=7, start=0, fee_basis="mid"),
+        feed=ReplayFeed(market),
+        policy=FundingPolicy(observation_names(market)),
+        books=ModelBookSource(cfg),
+        ledger=ledger,
+        max_bars=n,
+    )
+    ledger.close()
+    paper = [r[0] for r in rows(tmp_path / "p.duckdb", "select margin_added from paper.equity")]
+    sim = [i["margin_added"] for i in backtest(market, cfg, n)]
+    assert sum(x > 0 for x in sim) >= 2
+    np.testing.assert_allclose(paper, sim, rtol=1e-10, atol=1e-7)
+
+
+def test_ledger_migration_keeps_the_rows_of_a_ledger_without_margin_added(tmp_path: Path) -> None:
+    # A ledger written before `margin_added` existed: opening it adds the column (null on its
+    # bars), keeps every row, and the next bar is booked with the new column.
+    db = tmp_path / "old.duckdb"
+    run_session(db, max_bars=5)
+    con = duckdb.connect(str(db))
+    con.execute("alter table paper.equity drop column margin_added")
+    before = con.execute("select * from paper.equity order by bar").fetchall()
+    con.close()
+    assert len(before) == 5 and len(before[0]) == 17
+    result = run_session(db, max_bars=8)  # resumes the same session: 3 new bars
+    assert result.new_bars == 3
+    after = rows(db, "select * from paper.equity order by bar")
+    assert [r[:17] for r in after[:5]] == before
+    assert [r[17] for r in after[:5]] == [None] * 5
+    assert all(r[17] is not None for r in after[5:]) and len(after) == 8
+
+
 def test_ledger_rows_of_a_session(tmp_path: Path) -> None:
     db = tmp_path / "p.duckdb"
     result = run_session(db, max_bars=30)
