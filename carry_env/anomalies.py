@@ -83,7 +83,7 @@ def _draw_int(u: float, hi: float) -> float:
     return float(min(int(u * hi) + 1, int(hi)))
 
 
-@_jit(inline="always")
+@_jit()  # out of line: runs at an event's first bar only (see `kernel._jit`)
 def start_flash(
     b: int, t1: int, key: int, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
 ) -> None:

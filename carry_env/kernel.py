@@ -109,6 +109,13 @@ def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
       threads.
     - `error_model="numpy"`: divisions are not checked for zero (the inputs are validated instead).
     - `cache=True`: compiled once per machine, then loaded from `__pycache__`.
+
+    Functions on every step's path are `inline="always"` (numba-IR inlining: a call passes each
+    array as a struct of its fields, and out of line the fused step ran at half its speed). Every
+    inlined copy is type-inferred and optimised again, though, which made the fused step the
+    whole cold compile (154 s here): what only a liquidation, a bankruptcy, an auto-add or a
+    flash event's start runs is compiled out of line (`@_jit()`), once, at the same speed for the
+    steps that do not take it (81 s -> see README "Kernel warm-up" for the figures).
     """
     jit = nb.njit(cache=True, error_model="numpy", _nrt=False, **options)  # type: ignore[call-overload]
     return jit  # type: ignore[no-any-return]
@@ -806,7 +813,7 @@ def _unified_path(
     return e0, de, r0, dr, cash, dc
 
 
-@_jit(inline="always")
+@_jit()  # out of line: a rare path (see `_jit`)
 def _unified_crossing(
     b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
 ) -> float:
@@ -936,7 +943,7 @@ def _free_cash(
     return max(0.0, min(cash, spot_eq - SPOT_TRANSFER_LEVEL * cfg[C_SPOT_MMR] * liab))
 
 
-@_jit(inline="always")
+@_jit()  # out of line: a rare path (see `_jit`)
 def _auto_add_margin(
     b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
 ) -> float:
@@ -1030,7 +1037,7 @@ def _close_perp(b: int, i: int, p: float, cfg: np.ndarray, as_: np.ndarray) -> f
     return cost
 
 
-@_jit(inline="always")
+@_jit()  # out of line: a rare path (see `_jit`)
 def _close_account(
     b: int,
     t: int,
@@ -1078,7 +1085,7 @@ def _liquidate_perp_at(
     return rest, lost, absorbed, repriced
 
 
-@_jit(inline="always")
+@_jit()  # out of line: a rare path (see `_jit`)
 def _liquidate(
     b: int,
     t: int,
@@ -1142,6 +1149,27 @@ def _liquidate(
     insurance += absorbed
     price_pnl += moved
     return loss, insurance, price_pnl
+
+
+@_jit()  # out of line: a rare path (see `_jit`)
+def _ratios_again(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> tuple[float, float]:
+    # `_margin_ratios` and `_bar_ratios` taken again after collateral moved (an auto-add, a
+    # liquidation): (the close's binding ratio, the lowest of it and the bar's).
+    ratio = _margin_ratios(b, t, mkt, cfg, fs, as_)
+    return ratio, min(ratio, _bar_ratios(b, t, mkt, cfg, fs, as_))
+
+
+@_jit()  # out of line: a rare path (see `_jit`)
+def _close_bankrupt(
+    b: int, t: int, mkt: np.ndarray, cfg: np.ndarray, fs: np.ndarray, as_: np.ndarray
+) -> tuple[float, float, float, float]:
+    # Close a bankrupt account at bar t's close (`_close_account`); returns (liquidation loss,
+    # insurance fund, the margin ratio after, the equity after).
+    lost, absorbed, moved = _close_account(b, t, 0.0, mkt, cfg, fs, as_)
+    ratio = _margin_ratios(b, t, mkt, cfg, fs, as_)
+    return lost, absorbed, ratio, equity_of(b, t, mkt, fs, as_, cfg)
 
 
 @_jit(inline="always")
@@ -1246,8 +1274,7 @@ def apply_env(
         if not unified and cfg[C_MARGIN] > 0.0 and not halted1:
             margin_added = _auto_add_margin(b, t1, mkt, cfg, fs, as_)
         if margin_added > 0.0:
-            ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
-            worst = min(_bar_ratios(b, t1, mkt, cfg, fs, as_), ratio)
+            ratio, worst = _ratios_again(b, t1, mkt, cfg, fs, as_)
     liq_loss = 0.0
     insurance = 0.0
     liquidated = False
@@ -1255,16 +1282,14 @@ def apply_env(
         liq_loss, insurance, repriced = _liquidate(b, t1, ratio, mkt, cfg, fs, as_)
         price_pnl += repriced
         liquidated = True
-        ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
+        ratio, worst = _ratios_again(b, t1, mkt, cfg, fs, as_)
     e1 = equity_of(b, t1, mkt, fs, as_, cfg)
     if e1 < 0.0:
         # Bankrupt (margin off, or halted): the venue closes the account and its insurance fund
         # takes the shortfall, so equity never ends a step below zero.
-        lost, absorbed, moved = _close_account(b, t1, 0.0, mkt, cfg, fs, as_)
+        lost, absorbed, ratio, e1 = _close_bankrupt(b, t1, mkt, cfg, fs, as_)
         liq_loss += lost
         insurance += absorbed
-        ratio = _margin_ratios(b, t1, mkt, cfg, fs, as_)
-        e1 = equity_of(b, t1, mkt, fs, as_, cfg)
     fs[b, F_EQUITY] = e1
     fs[b, F_MARGIN_RATIO] = min(ratio, MARGIN_RATIO_CAP)
     if e1 > fs[b, F_PEAK]:

@@ -1,8 +1,9 @@
 """Compile carry_env's numba kernels into their on-disk cache ahead of first use.
 
-`python -m carry_env.warmup` steps the batched env, its discrete form (action masks) and the
-single env on two days of the simulated market, reads the planned orders (what the paper trader's
-executor fills) and prices one leg (`kernel.leg_costs`, which the buy-and-hold baseline calls), so
+`python -m carry_env.warmup` steps the batched env, its discrete form (action masks), the single
+env and the single env on the split path (an injected executor between planning and applying, the
+paper trader's path: `plan_batch`, the planned orders, `apply_batch`) on two days of the simulated
+market, and prices one leg (`kernel.leg_costs`, which the buy-and-hold baseline calls), so
 every `cache=True` kernel that training, backtests and paper trading call is compiled once and
 written to `carry_env/__pycache__`; later processes load the machine code instead of compiling. A
 fresh clone has no cache: `make run` (`carry_pipeline.main`) starts this in a background process
@@ -23,12 +24,18 @@ from carry_env import kernel
 from carry_env.config import EnvConfig
 from carry_env.discrete import CarryTradeDiscreteVectorEnv
 from carry_env.env import CarryTradeEnv
+from carry_env.feeds import SimExecutor
 from carry_env.market import MarketData
 from carry_env.synthetic import simulate_market
 from carry_env.vector import CarryTradeVectorEnv
 
 STEPS = 8
 """Steps of each env: enough to trade, settle funding and hit the rebalance band."""
+
+
+class _SplitSimExecutor(SimExecutor):
+    # The simulated fills, run on the split path (the env fuses only a `fused` executor).
+    fused = False
 
 
 def warm(steps: int = STEPS) -> float:
@@ -51,6 +58,10 @@ def warm(steps: int = STEPS) -> float:
     single.reset(seed=0)
     for i in range(steps):
         single.step(actions * (-1) ** i)
+    split = CarryTradeEnv(market, config, executor=_SplitSimExecutor(single.engine.cfg))
+    split.reset(seed=0)
+    for i in range(steps):
+        split.step(actions * (-1) ** i)
     kernel.leg_costs(1_000.0, 1e6, 1.0, 0.0, 5e-4, single.engine.cfg)
     return time.perf_counter() - t0
 

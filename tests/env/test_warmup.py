@@ -9,14 +9,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# The kernels `make run` calls from Python (the others are inlined into these): the batched and
-# single env step, the reset observation, the discrete action masks, the quotes of an injected
-# executor (paper trading) and the one-leg costs of the buy-and-hold baseline.
+# The kernels `make run` calls from Python (the others are inlined into these, or called by them
+# and cached with them, so a cache hit registers no signature of theirs): the batched and single
+# env step, the reset observation, the discrete action masks, the split path of an injected
+# executor (paper trading: plan, quotes, apply) and the one-leg costs of the buy-and-hold
+# baseline.
 PIPELINE_KERNELS = (
     "_step_serial",
     "reset_obs_batch",
     "single_asset_masks",
+    "plan_batch",
     "quotes_batch",
+    "apply_batch",
     "leg_costs",
 )
 
