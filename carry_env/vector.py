@@ -130,7 +130,7 @@ class CarryTradeVectorEnv(VectorEnv):
             final_info = self._infos(copy=True)  # the reset below writes the ended envs' rows
             self._reset_ended(ended)
             done = terminated | truncated
-            infos = self._infos()
+            infos: dict[str, Any] = self._infos()
             infos.update(final_obs=final_obs, _final_obs=done, _final_info=done)
             infos["final_info"] = final_info
         else:
