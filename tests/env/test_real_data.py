@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -205,15 +206,7 @@ def test_unified_intrabar_margin_on_real_8h_bars_is_a_bound(
             leverage_cap=leverage_cap,
             liquidation_ends_episode=False,
         )
-        env = CarryTradeEnv(frame, config)
-        _, info = env.reset(seed=0)
-        equity, count = info["equity"], 0
-        while True:
-            _, _, terminated, truncated, info = env.step(np.array([weight]))
-            assert info["equity"] - equity == pytest.approx(booked_flows(info), abs=1e-6)
-            equity, count = info["equity"], count + bool(info["liquidated"])
-            if terminated or truncated:
-                return count
+        return count_liquidations(frame, config, weight)
 
     closes = frame_8h.drop("perp_high", "perp_low", "spot_high", "spot_low")
     assert liquidations(frame_8h, 4.0) == 0
@@ -230,19 +223,12 @@ def test_spot_extremes_liquidate_the_isolated_spot_account_on_real_8h_bars(
     # breaches once spot is 6.1 % above the entry; long: 1.67 of USDT borrowed against 2 coins,
     # breaching 8.3 % below it. The spot legs' highs (lows) breach in 14 (6) bars, the closes in
     # 4 (1); every one closes the spot legs only (the 3x perps stay open).
+    def spot_only(info: dict) -> bool:
+        return info["spot_qty"][0] == 0.0 and info["perp_qty"][0] != 0.0
+
     def liquidations(frame: pl.DataFrame) -> int:
         config = dataclasses.replace(FRICTIONLESS, leverage_cap=4.0, liquidation_ends_episode=False)
-        env = CarryTradeEnv(frame, config)
-        _, info = env.reset(seed=0)
-        equity, count = info["equity"], 0
-        while True:
-            _, _, terminated, truncated, info = env.step(np.array([weight]))
-            assert info["equity"] - equity == pytest.approx(booked_flows(info), abs=1e-6)
-            if info["liquidated"]:
-                assert info["spot_qty"][0] == 0.0 and info["perp_qty"][0] != 0.0
-            equity, count = info["equity"], count + bool(info["liquidated"])
-            if terminated or truncated:
-                return count
+        return count_liquidations(frame, config, weight, spot_only)
 
     assert liquidations(frame_8h) == with_range
     assert liquidations(frame_8h.drop("spot_high", "spot_low")) == at_closes
@@ -269,3 +255,22 @@ def test_funding_on_real_8h_bars_settles_at_the_published_mark(frame_8h: pl.Data
     )
     at_last = float((-perp_qty * prints["perp_price"] * prints["funding_rate"]).sum())
     assert abs(total - at_last) > 1e-6 * abs(total)  # the marks differ from the closes
+
+
+def count_liquidations(
+    frame: pl.DataFrame, config: EnvConfig, weight: float, check: Any = None
+) -> int:
+    """Liquidations of a carry of `weight` re-opened every bar over the whole frame (the config
+    must not end the episode at one); each step keeps the cash-flow identity, and each
+    liquidating step's info passes `check` when given."""
+    env = CarryTradeEnv(frame, config)
+    _, info = env.reset(seed=0)
+    equity, count = info["equity"], 0
+    while True:
+        _, _, terminated, truncated, info = env.step(np.array([weight]))
+        assert info["equity"] - equity == pytest.approx(booked_flows(info), abs=1e-6)
+        if info["liquidated"] and check is not None:
+            assert check(info)
+        equity, count = info["equity"], count + bool(info["liquidated"])
+        if terminated or truncated:
+            return count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -45,22 +46,29 @@ def backtest(market: MarketData, config: EnvConfig, n: int) -> list[dict]:
     return out
 
 
+def sim_book_session(db: Path, session_id: str, cfg: EnvConfig, market: MarketData, n: int) -> Any:
+    """n bars of `FundingPolicy` on books configured like the sim executor (fee on mid)."""
+    ledger = Ledger(db)
+    try:
+        return run_paper_session(
+            spec=SessionSpec(session_id, cfg, WIDE_RISK, seed=7, start=0, fee_basis="mid"),
+            feed=ReplayFeed(market),
+            policy=FundingPolicy(observation_names(market)),
+            books=ModelBookSource(cfg),
+            ledger=ledger,
+            max_bars=n,
+        )
+    finally:
+        ledger.close()
+
+
 def test_paper_session_equals_the_backtest_of_the_same_bars(tmp_path: Path) -> None:
     # Book source configured like the sim executor (one level at the half-spread + tick, impact
     # off, fee on mid): the whole loop, risk gate and ledger included, reproduces the backtest.
     cfg = EnvConfig(slippage_k=0.0)
     market = make_market()
     n = 40
-    ledger = Ledger(tmp_path / "p.duckdb")
-    result = run_paper_session(
-        spec=SessionSpec("parity", cfg, WIDE_RISK, seed=7, start=0, fee_basis="mid"),
-        feed=ReplayFeed(market),
-        policy=FundingPolicy(observation_names(market)),
-        books=ModelBookSource(cfg),
-        ledger=ledger,
-        max_bars=n,
-    )
-    ledger.close()
+    result = sim_book_session(tmp_path / "p.duckdb", "parity", cfg, market, n)
     assert (result.new_bars, result.last_bar) == (n, n - 1)
     paper = rows(
         tmp_path / "p.duckdb",
@@ -90,16 +98,7 @@ def test_paper_ledger_books_auto_add_margin_as_the_backtest_does(tmp_path: Path)
     )
     market = make_market()
     n = 60
-    ledger = Ledger(tmp_path / "p.duckdb")
-    run_paper_session(
-        spec=SessionSpec("auto", cfg, WIDE_RISK, seed=7, start=0, fee_basis="mid"),
-        feed=ReplayFeed(market),
-        policy=FundingPolicy(observation_names(market)),
-        books=ModelBookSource(cfg),
-        ledger=ledger,
-        max_bars=n,
-    )
-    ledger.close()
+    sim_book_session(tmp_path / "p.duckdb", "auto", cfg, market, n)
     paper = [r[0] for r in rows(tmp_path / "p.duckdb", "select margin_added from paper.equity")]
     sim = [i["margin_added"] for i in backtest(market, cfg, n)]
     assert sum(x > 0 for x in sim) >= 2
