@@ -6,19 +6,33 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install run test lint typecheck bench clean mutation serve
 
-# torch==2.13.0 is installed on its own first: that pin resolves to the local CPU wheel, and any
-# other torch requirement would pull several GB of CUDA packages.
-$(STAMP): pyproject.toml
+CORE_STAMP := $(VENV)/.core-stamp
+KERNEL_DEPS := numpy numba gymnasium polars
+
+# Two steps. First what the env's numba kernels need (KERNEL_DEPS at pyproject.toml's specifiers),
+# so that `make run` can compile them while the rest installs; then torch==2.13.0 on its own (that
+# pin resolves to the local CPU wheel, and any other torch requirement would pull several GB of
+# CUDA packages), then the project.
+$(CORE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q $$($(PY) -c 'import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(" ".join(d for d in deps if re.split("[<>=!~; ]", d)[0] in "$(KERNEL_DEPS)".split()))')
+	touch $(CORE_STAMP)
+
+$(STAMP): $(CORE_STAMP) pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# The main run on the embedded default (offline): ingest, features, datasets, then the env on their output.
-run: install dagster-home
+# The main run on the embedded default (offline): ingest, features, datasets, models, reports, a
+# paper session. On a fresh install the kernel warm-up starts in the background as soon as its
+# packages are in, and runs while pip installs the rest (carry_env/warmup.py; its log is
+# data/warmup.log); the run's own warm-up then waits for it and loads what it compiled.
+run: dagster-home $(CORE_STAMP)
+	@test -f $(STAMP) || { echo "compiling the env's numba kernels in the background while the rest installs (data/warmup.log)"; nohup $(PY) -m carry_env.warmup > data/warmup.log 2>&1 & }
+	@$(MAKE) --no-print-directory install
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(PY) -m carry_pipeline.main
 
 test: install

@@ -6,8 +6,11 @@ paper trader's path: `plan_batch`, the planned orders, `apply_batch`) on two day
 market, and prices one leg (`kernel.leg_costs`, which the buy-and-hold baseline calls), so
 every `cache=True` kernel that training, backtests and paper trading call is compiled once and
 written to `carry_env/__pycache__`; later processes load the machine code instead of compiling. A
-fresh clone has no cache: `make run` (`carry_pipeline.main`) starts this in a background process
-at its start, so the compile runs on the second core while ingestion runs on the first.
+fresh clone has no cache: `make run` starts this in a background process as soon as numpy, numba,
+gymnasium and polars are installed, so the compile runs on the second core while pip installs the
+rest and then while ingestion runs; `carry_pipeline.main` starts one too. Each warm-up holds an
+exclusive lock on `carry_env/__pycache__/warmup.lock` while it compiles, so a second one waits for
+the first and then only loads what it wrote.
 
 Kernels are compiled per argument types, and the arrays here have the dtypes the pipeline passes
 (float64 market and state arrays, float32 actions), so the entries match; a process that needs a
@@ -16,7 +19,11 @@ kernel before the warm-up has written it compiles it itself, as it would without
 
 from __future__ import annotations
 
+import fcntl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +38,8 @@ from carry_env.vector import CarryTradeVectorEnv
 
 STEPS = 8
 """Steps of each env: enough to trade, settle funding and hit the rebalance band."""
+LOCK_PATH = Path(__file__).resolve().parent / "__pycache__" / "warmup.lock"
+"""The file a warm-up locks while it compiles (beside the cache it writes)."""
 
 
 class _SplitSimExecutor(SimExecutor):
@@ -66,9 +75,26 @@ def warm(steps: int = STEPS) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    """Warm the cache and say how long it took."""
-    print(f"carry_env kernels compiled or loaded in {warm():.1f} s", flush=True)
+@contextmanager
+def compile_lock(path: Path = LOCK_PATH) -> Iterator[float]:
+    """Hold an exclusive `flock` on `path` (created, with its folder, if missing) for the block;
+    yields the seconds spent waiting for another holder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        t0 = time.perf_counter()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield time.perf_counter() - t0
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def main(lock_path: Path = LOCK_PATH) -> None:
+    """Warm the cache under the lock at `lock_path` and say how long it took."""
+    with compile_lock(lock_path) as waited:
+        seconds = warm()
+    after = f" after waiting {waited:.0f} s for another warm-up" if waited >= 1 else ""
+    print(f"carry_env kernels compiled or loaded in {seconds:.1f} s{after}", flush=True)
 
 
 if __name__ == "__main__":

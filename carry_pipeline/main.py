@@ -1,8 +1,10 @@
 """The main run on the embedded default, offline: `make run` (`python -m carry_pipeline.main`).
 
 0. `python -m carry_env.warmup` in a background process: it compiles the env's numba kernels into
-   their cache (minutes on a fresh clone, under a second once cached) on the second core while
-   ingestion runs; the retrain waits for it before it starts, so the kernels compile once.
+   their cache (about 70 s of CPU on a fresh clone, under a second once cached) on the second core
+   while ingestion runs; the retrain waits for it before it starts, so the kernels compile once.
+   On a fresh install `make run` has already started one while pip installed the rest; this one
+   then waits for that one's lock and loads what it compiled.
 1. `ingest_job` over the day x asset partitions of the window that the instance has not materialised
    yet (re-runs only add what is missing): one run per asset and contiguous missing range, from the
    seeded simulated exchange by default.
