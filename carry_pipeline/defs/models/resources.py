@@ -77,7 +77,7 @@ class ModelSettings(dg.ConfigurableResource):
     meta: str = Field(
         default="{}",
         description='JSON object of MetaSpec fields for the meta-controller, e.g. {"gating": '
-        '"top1", "balance_weight": 0.1}.',
+        '"top1", "balance_weight": 0.2}.',
     )
 
     def expert(self, name: str) -> ExpertSpec:
