@@ -28,10 +28,10 @@ capital and margin on it as on any action.
 Reward: the env's reward (bp of equity), plus `entropy_weight * bar_days * H(w) / log(K + 1)`
 (normalised entropy, in [0, 1]), minus `balance_weight * bar_days * ((K + 1) * sum_j u_j^2 - 1)`
 where `u` is the running usage: 0 when the options are used evenly, K when all weight sits on one
-option, so collapse costs reward. Both weights are bp of equity per day, scaled by the bar's length
-in days like the env's risk terms, so a day of shaping weighs the same on any bar and stays small
-next to the carry it must not outweigh (a full book's funding is about 2 bp a day on the demo
-market).
+option, so collapse costs reward. Both weights are bp of equity per day, scaled by the bar's
+length in days like the env's risk terms (and by the env's `reward_scale` when its reward is not
+in bp), so a day of shaping weighs the same on any bar and stays small next to the carry it must
+not outweigh (a full book's funding is about 2 bp a day on the demo market).
 
 `train_meta_controller(...)` mirrors `train.train_expert`: input checks, pinned threads, seed,
 progress lines, validation on the held-out tail, atomic save under `<models_root>/meta/fold<k>/`,
@@ -295,6 +295,8 @@ class MetaCore:
         self.unit_bp = carry_unit_bp(market)
         self.bar_days = float(market.bar_seconds) / 86_400.0
         """Length of a bar in days: the shaping weights are per day."""
+        self.shaping_scale = self.bar_days * float(base.config.reward_scale) / BP
+        """Reward units per bp-per-day of shaping (the env's `reward_scale` may not be bp)."""
         b, k, n = base.num_envs, len(self.experts), market.n_symbols
         self.n_options = k + 1
         self.obs_dim = k * (n + 2) + n + self.n_options + len(GLOBAL_FIELDS) + len(ASSET_FIELDS) * n
@@ -410,8 +412,8 @@ class MetaCore:
         self.usage += alpha(self.spec.usage_halflife) * (self.weights - self.usage)
         shaped = (
             np.asarray(env_reward, np.float64)
-            + self.spec.entropy_weight * self.bar_days * normalised_entropy(self.weights)
-            - self.spec.balance_weight * self.bar_days * collapse_penalty(self.usage)
+            + self.spec.entropy_weight * self.shaping_scale * normalised_entropy(self.weights)
+            - self.spec.balance_weight * self.shaping_scale * collapse_penalty(self.usage)
         )
         return shaped
 
