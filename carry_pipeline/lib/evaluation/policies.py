@@ -210,8 +210,9 @@ class MetaBacktestPolicy:
         """
         _check_symbols(env, self.windows, self.where)
         view = SimpleNamespace(
-            observation_names=env.observation_names, market=env.market, num_envs=1
-        )
+            observation_names=env.observation_names, market=env.market, num_envs=1,
+            config=env.config,
+        )  # fmt: skip
         try:
             core = MetaCore(view, self.windows, self.experts, self.meta.spec, self.anomaly)
             for name, expert in (*self.experts.items(), ("anomaly", self.anomaly)):

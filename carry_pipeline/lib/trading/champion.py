@@ -36,6 +36,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from carry_env.config import EnvConfig
 from carry_env.env import CarryTradeEnv
 from carry_env.market import MarketData
 from carry_pipeline.lib.duckdb_io import utc_frame
@@ -340,6 +341,10 @@ class _EngineView:
     @property
     def engine(self) -> Any:
         return self.env.engine
+
+    @property
+    def config(self) -> EnvConfig:
+        return self.env.config
 
 
 class ChampionPolicy:
