@@ -6,7 +6,8 @@ Plain SB3 PPO (default observation, 16 batched envs, [64, 64], one torch thread)
 simulated 2023 of BTC and ETH and tested from flat on 2024 H1 (the pipeline's env config: auto-add
 margin on, anomalies on), once on 8-hour bars (a decision per funding interval, 90-bar episodes =
 30 days) and once on 15-minute bars (256-bar episodes, what the experts train on). Beside each:
-`long_carry` (a = 1 on every asset every bar) and `flat`. Printed per run: the equity at the end,
+`long_carry` (a = 1 on every asset every bar) and `flat`, on the test half-year and (PPO and
+`long_carry`) in sample on the training year. Printed per run: the equity at the end,
 funding, fees, slippage, turnover in multiples of the starting equity, and the policy's mean
 action per asset. The question it answers for issue 9: at which cadence does the training
 objective reward entering and holding the trade (README, Models stage, "Why the demo agents stay
@@ -84,12 +85,16 @@ def main() -> None:
             "long_carry": lambda o: np.ones(len(SYMBOLS), np.float32),
             "flat": lambda o: np.zeros(len(SYMBOLS), np.float32),
         }
-        for name, policy in policies.items():
-            r = backtest(test, policy)
+        runs = [(span, name) for span in ("test", "train") for name in policies]
+        for span, name in runs:
+            if span == "train" and name == "flat":
+                continue
+            r = backtest(test if span == "test" else train, policies[name])
             print(
-                f"  {name:<10} equity {r['equity']:>9,.0f}  funding {r['funding_pnl']:>7,.0f}  "
-                f"fees {r['fees']:>7,.0f}  slippage {r['slippage']:>6,.0f}  turnover "
-                f"{r['turnover'] / cash:5.1f}x  mean action {np.round(r['mean_action'], 2)}",
+                f"  {span:<5} {name:<10} equity {r['equity']:>9,.0f}  funding "
+                f"{r['funding_pnl']:>7,.0f}  fees {r['fees']:>7,.0f}  slippage "
+                f"{r['slippage']:>6,.0f}  turnover {r['turnover'] / cash:5.1f}x  mean action "
+                f"{np.round(r['mean_action'], 2)}",
                 flush=True,
             )
     funding = simulate_market(SYMBOLS, "2024-01-01", "2024-07-01", "8h", seed=0)
