@@ -287,14 +287,26 @@ def base_vector_env(venv: Any) -> Any:
 
 
 def reference_carry(
-    env_obs: np.ndarray, env_names: Sequence[str], threshold_bp: float = 0.5
+    env_obs: np.ndarray,
+    env_names: Sequence[str],
+    entry_bp: float = 0.5,
+    exit_bp: float = 0.0,
 ) -> np.ndarray:
-    """The book an exposure multiplier scales: full long carry per asset where the 3-settlement
-    funding mean is above `threshold_bp`, full reverse carry below minus it, flat in between
-    (`carry_env.demo.funding_follower` at full weight), `(B, N)`."""
-    cols = [i for i, n in enumerate(env_names) if n.endswith(":funding_sma3_bp")]
-    sma = env_obs[:, cols]
-    return np.where(sma > threshold_bp, 1.0, np.where(sma < -threshold_bp, -1.0, 0.0))
+    """The book an exposure multiplier scales, `(B, N)`: per asset full long carry (1) when the
+    3-settlement funding mean is above `entry_bp`, full reverse carry (-1) below `-entry_bp`, and
+    flat (0) in between, except that a held book is kept through the band: a long (its spot leg
+    long in the observation) until the mean falls below `exit_bp`, a reverse until it rises above
+    `-exit_bp`. These are `FundingSignRule`'s rule and default thresholds; without the hysteresis
+    every crossing of `entry_bp` re-traded the whole book (the anomaly expert made 47-150 fills a
+    10-day fold in `make run`, against the rule's 7-27)."""
+    if not exit_bp < entry_bp:
+        raise ValueError(f"exit_bp={exit_bp} must be below entry_bp={entry_bp}")
+    sma_cols = [i for i, n in enumerate(env_names) if n.endswith(":funding_sma3_bp")]
+    held_cols = [i for i, n in enumerate(env_names) if n.endswith(":spot_exposure")]
+    sma, held = env_obs[:, sma_cols], env_obs[:, held_cols]
+    long = (sma > entry_bp) | ((held > 0) & (sma >= exit_bp))
+    reverse = (sma < -entry_bp) | ((held < 0) & (sma <= -exit_bp))
+    return np.where(long, 1.0, np.where(reverse, -1.0, 0.0))
 
 
 class ExpertVecEnv(VecEnvWrapper):

@@ -14,6 +14,7 @@ from carry_pipeline.lib.training.observation import (
     WindowSet,
     current_bars,
     make_expert_env,
+    reference_carry,
     window_index,
 )
 
@@ -140,3 +141,33 @@ def test_the_wrapped_batched_env_shows_the_current_and_the_terminal_bar_windows(
             np.testing.assert_array_equal(term["window"], windows.window(i).transpose(1, 0, 2))
             terminals += 1
     assert terminals >= 4
+
+
+@pytest.mark.parametrize(
+    ("held", "sma", "expected"),
+    [
+        (0.0, 0.3, 0.0),  # flat inside the band stays flat
+        (0.0, 0.6, 1.0),  # above entry: long
+        (0.0, -0.6, -1.0),  # below -entry: reverse
+        (0.4, 0.3, 1.0),  # a held long is kept inside the band ...
+        (0.4, 0.0, 1.0),  # ... down to exit (0 bp) ...
+        (0.4, -0.1, 0.0),  # ... and closed below it
+        (0.4, -0.6, -1.0),  # ... or reversed below -entry
+        (-0.4, -0.3, -1.0),  # a held reverse is kept inside the band
+        (-0.4, 0.1, 0.0),  # and closed above -exit
+        (-0.4, 0.6, 1.0),
+        (0.0, float("nan"), 0.0),  # no funding mean yet: flat
+    ],
+)
+def test_the_reference_book_keeps_a_held_position_through_the_band(held, sma, expected) -> None:
+    names = ["cash", "A:funding_sma3_bp", "A:spot_exposure", "B:funding_sma3_bp", "B:spot_exposure"]
+    # Asset B mirrors A (held and funding negated), so each case also checks the reverse side.
+    obs = np.array([[1.0, sma, held, -sma, -held]])
+    out = reference_carry(obs, names)
+    assert out[0, 0] == expected
+    assert out[0, 1] == (-expected if expected else 0.0)
+
+
+def test_the_reference_book_needs_exit_below_entry() -> None:
+    with pytest.raises(ValueError, match=r"exit_bp=0.5 must be below entry_bp=0.5"):
+        reference_carry(np.zeros((1, 2)), ["A:funding_sma3_bp", "A:spot_exposure"], 0.5, 0.5)
