@@ -296,14 +296,18 @@ def reference_carry(
     3-settlement funding mean is above `entry_bp`, full reverse carry (-1) below `-entry_bp`, and
     flat (0) in between, except that a held book is kept through the band: a long (its spot leg
     long in the observation) until the mean falls below `exit_bp`, a reverse until it rises above
-    `-exit_bp`. These are `FundingSignRule`'s rule and default thresholds; without the hysteresis
-    every crossing of `entry_bp` re-traded the whole book (the anomaly expert made 47-150 fills a
-    10-day fold in `make run`, against the rule's 7-27)."""
+    `-exit_bp` (a book the multiplier cut to flat enters again only past `entry_bp`). These are
+    `FundingSignRule`'s rule and default thresholds; without the hysteresis every crossing of
+    `entry_bp` re-traded the whole book (the anomaly expert made 47-150 fills a 10-day fold in
+    `make run`, against the rule's 7-27)."""
     if not exit_bp < entry_bp:
         raise ValueError(f"exit_bp={exit_bp} must be below entry_bp={entry_bp}")
-    sma_cols = [i for i, n in enumerate(env_names) if n.endswith(":funding_sma3_bp")]
-    held_cols = [i for i, n in enumerate(env_names) if n.endswith(":spot_exposure")]
-    sma, held = env_obs[:, sma_cols], env_obs[:, held_cols]
+    index = {n: i for i, n in enumerate(env_names)}
+    symbols = [
+        n.removesuffix(":funding_sma3_bp") for n in env_names if n.endswith(":funding_sma3_bp")
+    ]
+    sma = env_obs[:, [index[f"{s}:funding_sma3_bp"] for s in symbols]]
+    held = env_obs[:, [index[f"{s}:spot_exposure"] for s in symbols]]  # same asset order
     long = (sma > entry_bp) | ((held > 0) & (sma >= exit_bp))
     reverse = (sma < -entry_bp) | ((held < 0) & (sma <= -exit_bp))
     return np.where(long, 1.0, np.where(reverse, -1.0, 0.0))

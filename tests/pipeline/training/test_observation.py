@@ -171,3 +171,10 @@ def test_the_reference_book_keeps_a_held_position_through_the_band(held, sma, ex
 def test_the_reference_book_needs_exit_below_entry() -> None:
     with pytest.raises(ValueError, match=r"exit_bp=0.5 must be below entry_bp=0.5"):
         reference_carry(np.zeros((1, 2)), ["A:funding_sma3_bp", "A:spot_exposure"], 0.5, 0.5)
+
+
+def test_the_reference_book_pairs_each_asset_with_its_own_held_leg() -> None:
+    # Names grouped by field, not by asset: A is held long, B is flat, both at 0.3 bp.
+    names = ["A:funding_sma3_bp", "B:funding_sma3_bp", "B:spot_exposure", "A:spot_exposure"]
+    obs = np.array([[0.3, 0.3, 0.0, 0.4]])
+    np.testing.assert_array_equal(reference_carry(obs, names), [[1.0, 0.0]])
