@@ -39,6 +39,8 @@ class EpisodeSummary:
     liquidated: bool
     halted_bars: int
     ended: str
+    turnover: float = 0.0
+    """Notional traded over the episode, USDT (both legs)."""
 
 
 def funding_follower(threshold_bp: float = 0.5) -> Policy:
@@ -71,8 +73,12 @@ def run_episode(env: CarryTradeEnv, policy: Policy, name: str, seed: int) -> Epi
     """Roll one episode of `policy` and add up its cash flows."""
     obs, info = env.reset(seed=seed)
     totals = dict.fromkeys(
-        ("funding_pnl", "price_pnl", "fees", "slippage", "borrow_cost", "liquidation_loss"), 0.0
-    )
+        (
+            "funding_pnl", "price_pnl", "fees", "slippage", "borrow_cost", "liquidation_loss",
+            "turnover",
+        ),
+        0.0,
+    )  # fmt: skip
     worst_dd, steps, halted = 0.0, 0, 0
     while True:
         obs, _, terminated, truncated, info = env.step(policy(obs, env.observation_names))
@@ -98,6 +104,7 @@ def run_episode(env: CarryTradeEnv, policy: Policy, name: str, seed: int) -> Epi
         liquidated=info["liquidated"],
         halted_bars=halted,
         ended=ended,
+        turnover=totals["turnover"],
     )
 
 
