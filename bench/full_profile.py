@@ -23,26 +23,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carry_pipeline.defs.models.assets import GATED  # noqa: E402
+from carry_pipeline.defs.models.assets import GATED, UPSTREAM  # noqa: E402
+from carry_pipeline.lib.duckdb_lock import connect  # noqa: E402
 from carry_pipeline.lib.training.meta import MetaSpec, train_meta_controller  # noqa: E402
 from carry_pipeline.lib.training.registry import FoldData, fold_inputs, market_data  # noqa: E402
 from carry_pipeline.lib.training.specs import EXPERT_SPECS  # noqa: E402
 from carry_pipeline.lib.training.train import TrainingRecord, train_expert  # noqa: E402
 
-TABLES = {
-    "market_bars": "features.market_bars",
-    "carry_features": "features.carry_features",
-    "sentiment_windows": "features.sentiment_windows",
-    "walk_forward_folds": "datasets.walk_forward_folds",
-    "normalisation_stats": "datasets.normalisation_stats",
-    "training_windows": "datasets.training_windows",
-}
+TABLES = {arg: ".".join(key.path) for arg, key in UPSTREAM.items()}
+"""The stage tables the model assets read (their inputs), as `schema.table`."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ class Rate:
 
 def read_tables(path: Path) -> dict[str, pl.DataFrame]:
     """The stage tables the model assets read, from the DuckDB file at `path`."""
-    with duckdb.connect(str(path), read_only=True) as con:
+    with connect(path, read_only=True) as con:
         return {arg: con.sql(f"select * from {table}").pl() for arg, table in TABLES.items()}
 
 
