@@ -293,10 +293,10 @@ class MetaCore:
             [index[f"{s}:{f}"] for f in ASSET_FIELDS for s in market.symbols], dtype=np.int64
         )
         self.unit_bp = carry_unit_bp(market)
-        self.bar_days = float(market.bar_seconds) / 86_400.0
-        """Length of a bar in days: the shaping weights are per day."""
-        self.shaping_scale = self.bar_days * float(base.config.reward_scale) / BP
-        """Reward units per bp-per-day of shaping (the env's `reward_scale` may not be bp)."""
+        bar_days = float(market.bar_seconds) / 86_400.0
+        self.shaping_scale = bar_days * float(base.config.reward_scale) / BP
+        """Reward units per bp-per-day of shaping: the bar's length in days, times the env's
+        `reward_scale` over 1e4 (1 when its reward is in bp)."""
         b, k, n = base.num_envs, len(self.experts), market.n_symbols
         self.n_options = k + 1
         self.obs_dim = k * (n + 2) + n + self.n_options + len(GLOBAL_FIELDS) + len(ASSET_FIELDS) * n

@@ -111,7 +111,6 @@ def _core(inputs: FoldInputs, expert_dirs: dict[str, str], spec: MetaSpec, n: in
 def test_the_shaping_weights_are_per_day_of_bars(inputs, expert_dirs) -> None:
     # 2.4 bp a day on the fixture's 1-hour bars: 0.1 bp per step for even weights (entropy 1).
     base, core = _core(inputs, expert_dirs, MetaSpec(entropy_weight=2.4, balance_weight=0.0))
-    assert core.bar_days == pytest.approx(1.0 / 24.0)
     assert core.shaping_scale == pytest.approx(1.0 / 24.0)  # the env's reward is in bp
     tenths = MetaSpec(entropy_weight=2.4, env_overrides={"reward_scale": 10.0})
     assert _core(inputs, expert_dirs, tenths)[1].shaping_scale == pytest.approx(1e-3 / 24.0)
