@@ -42,6 +42,10 @@ TINY: dict[str, Any] = {
     "batch_size": 64,
     "n_epochs": 1,
     "episode_length": 32,
+    # Decisions every bar: on 1-day test spans a 128-step agent deciding every 8 or 32 bars makes
+    # 1-3 decisions, too few for its evidence to pass even the lax rule. This test is about what
+    # a second run reuses, not about the cadence (tests/pipeline/training/test_cadence.py).
+    "decision_bars": 1,
     "progress_every": 64,
 }
 # Discrete (MaskablePPO) experts suggest whole positions even untrained, so the meta-controller

@@ -34,6 +34,7 @@ from carry_env.env import CarryTradeEnv
 from carry_pipeline.lib.evaluation.backtest import Policy
 from carry_pipeline.lib.evaluation.baselines import Flat, FundingSignRule, LongCarry, SpotBuyAndHold
 from carry_pipeline.lib.schemas import UTC_TS
+from carry_pipeline.lib.training.cadence import DecisionClock
 from carry_pipeline.lib.training.meta import MetaCore, MetaPolicy, load_meta_controller
 from carry_pipeline.lib.training.observation import ObservationBuilder, WindowSet, map_actions
 from carry_pipeline.lib.training.policy import ExpertPolicy, load_expert
@@ -107,6 +108,7 @@ class ExpertBacktestPolicy:
         self._env: CarryTradeEnv | None = None
         self._builder: ObservationBuilder | None = None
         self._state: Any = None
+        self._clock: DecisionClock | None = None
         self.last_output = np.zeros(0)
 
     def reset(self, env: CarryTradeEnv) -> None:
@@ -132,6 +134,7 @@ class ExpertBacktestPolicy:
                 f"{len(self.windows.features)} window features)"
             )
         self._env, self._builder, self._state = env, builder, None
+        self._clock = DecisionClock(self.expert.spec.decision_bars, env.market.bar_seconds)
 
     def predict(
         self,
@@ -140,9 +143,12 @@ class ExpertBacktestPolicy:
         episode_start: np.ndarray | None = None,
         deterministic: bool = True,
     ) -> tuple[np.ndarray, Any]:
-        """The env action of the expert's deterministic decision at the current bar."""
+        """The env action of the expert's deterministic decision at the current bar, or hold
+        (NaN) between its decision bars (`cadence.DecisionClock`)."""
         bar = _current_bar(self._env, "ExpertBacktestPolicy")
-        assert self._builder is not None and self._env is not None
+        assert self._builder is not None and self._env is not None and self._clock is not None
+        if not self._clock.due(int(self._env.market.ts[bar])):
+            return np.full(self._env.market.n_symbols, np.nan), state
         raw = np.asarray(observation)[None, :]
         obs = self._builder.build(raw, np.array([bar]))
         out = self.expert.act(obs, self._state, episode_start, deterministic=True)
@@ -153,13 +159,16 @@ class ExpertBacktestPolicy:
 
     def get_state(self) -> dict[str, Any]:
         """What `predict` carries between bars: the expert's recurrent state (None for a
-        feed-forward expert) and its last output."""
-        return {"state": self._state, "last_output": self.last_output.copy()}
+        feed-forward expert), its last output and its decision clock's last period."""
+        clock = None if self._clock is None else self._clock.get_state()
+        return {"state": self._state, "last_output": self.last_output.copy(), "clock": clock}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore a `get_state()` (after `reset(env)`), e.g. when a paper session resumes."""
         self._state = state["state"]
         self.last_output = np.asarray(state["last_output"], dtype=np.float64)
+        if self._clock is not None:
+            self._clock.set_state(state.get("clock"))
 
 
 class MetaBacktestPolicy:
@@ -185,6 +194,7 @@ class MetaBacktestPolicy:
         self._env: CarryTradeEnv | None = None
         self._core: MetaCore | None = None
         self._prev_bar: int | None = None
+        self._clock = DecisionClock(meta.spec.decision_bars, 1.0)
         self._ts: list[int] = []
         self._weights: list[np.ndarray] = []
         self._exposure: list[float] = []
@@ -239,6 +249,7 @@ class MetaBacktestPolicy:
             )
         core.reset_envs(np.ones(1, dtype=bool))
         self._env, self._core, self._prev_bar = env, core, None
+        self._clock = DecisionClock(self.meta.spec.decision_bars, env.market.bar_seconds)
         self._ts, self._weights, self._exposure = [], [], []
 
     def restart(self) -> None:
@@ -249,6 +260,7 @@ class MetaBacktestPolicy:
             raise RuntimeError("MetaBacktestPolicy.reset(env) must be called before restart()")
         self._core.reset_envs(np.ones(1, dtype=bool))
         self._prev_bar = None
+        self._clock.restart()
         self._ts, self._weights, self._exposure = [], [], []
 
     def predict(
@@ -258,14 +270,18 @@ class MetaBacktestPolicy:
         episode_start: np.ndarray | None = None,
         deterministic: bool = True,
     ) -> tuple[np.ndarray, Any]:
-        """Update the experts' running statistics with the last step, observe, gate, combine."""
+        """On a decision bar (`cadence.DecisionClock` of the spec's `decision_bars`): update the
+        experts' running statistics with the bars since the last decision, observe, gate,
+        combine. On the other bars: hold (NaN)."""
         bar = _current_bar(self._env, "MetaBacktestPolicy")
         core, env = self._core, self._env
         assert core is not None and env is not None
+        if not self._clock.due(int(env.market.ts[bar])):
+            return np.full(env.market.n_symbols, np.nan), state
         if self._prev_bar is not None:
             # The running reward/Sharpe and usage do not depend on the env reward (only the
             # shaped training reward does), so zeros stand in for it.
-            core.feedback(np.array([self._prev_bar]), np.zeros(1))
+            core.feedback(np.array([self._prev_bar]), np.zeros(1), np.array([bar]))
         meta_obs = core.observe(np.asarray(observation)[None, :], np.array([bar]))
         action = core.actions(self.meta(meta_obs))
         self._prev_bar = bar
@@ -276,7 +292,8 @@ class MetaBacktestPolicy:
 
     def get_state(self) -> dict[str, Any]:
         """What `predict` carries between bars: the meta core's state (`MetaCore.get_state`: the
-        experts' LSTM states, running statistics, usage) and the last decision's bar. The
+        experts' LSTM states, running statistics, usage), the last decision's bar and its
+        decision clock's period. The
         per-decision history behind `weights_frame()` is not part of it.
 
         Raises:
@@ -284,7 +301,11 @@ class MetaBacktestPolicy:
         """
         if self._core is None:
             raise RuntimeError("MetaBacktestPolicy.reset(env) must be called first")
-        return {"core": self._core.get_state(), "prev_bar": self._prev_bar}
+        return {
+            "core": self._core.get_state(),
+            "prev_bar": self._prev_bar,
+            "clock": self._clock.get_state(),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore a `get_state()` after `reset(env)` (a paper session resuming).
@@ -301,6 +322,8 @@ class MetaBacktestPolicy:
             raise ValueError(f"{self.where}: cannot restore its state: {exc}") from exc
         prev = state["prev_bar"]
         self._prev_bar = None if prev is None else int(prev)
+        # A state saved before decisions had a cadence decides at the next bar.
+        self._clock.set_state(state.get("clock"))
 
     def last_decision(self) -> dict[str, Any]:
         """The last `predict`'s per-expert suggestions (`expert_outputs`, per asset, plus the

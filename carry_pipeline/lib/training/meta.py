@@ -1,9 +1,10 @@
 """The meta-controller: a PPO agent gating frozen experts (plus "flat") on the batched carry env.
 
-Meta-environment (`MetaVecEnv`, an SB3 `VecEnv` wrapper over `SB3VecEnv(CarryTradeVectorEnv)`).
-At each bar every frozen expert sees its own observation (its `ObservationBuilder` over the same
-env observation and the fold's windows) and suggests an action; the meta-controller sees, flat
-(float32):
+Meta-environment (`MetaVecEnv`, an SB3 `VecEnv` wrapper over `SB3VecEnv(CarryTradeVectorEnv)`,
+through a `cadence.DecisionVecEnv` when `decision_bars` > 1). At each decision (every
+`decision_bars` bars; the book is held in between) every frozen expert sees its own observation
+(its `ObservationBuilder` over the same env observation and the fold's windows) and suggests an
+action; the meta-controller sees, flat (float32):
 
 - per gated expert j (K of them): its suggested weights `a_j` `(N,)`, its recent reward and its
   running Sharpe (what the env's expert-context slot is reserved for; built by this wrapper after
@@ -13,11 +14,12 @@ env observation and the fold's windows) and suggests an action; the meta-control
 - account state: `cash`, `drawdown`, `margin_buffer`, `gross_leverage` and per asset
   `spot_exposure`, `perp_exposure`, `funding_sma3_bp`.
 
-An expert's reward on a bar is what its suggestion would have earned per unit weight before
-costs: the mean over assets of `a_j * (settled funding - basis change)` in bp (a long-carry unit,
-long spot and short perp, receives positive funding and loses when the basis widens). "Recent"
-is its EWMA with half-life `reward_halflife` bars, and the running Sharpe is that EWMA mean over
-the EWMA standard deviation (clipped to +-5); both restart at each episode.
+An expert's reward on a decision is what its suggestion would have earned per unit weight
+before costs over the decision's bars: the mean over assets of `a_j * (settled funding - basis
+change)` in bp (a long-carry unit, long spot and short perp, receives positive funding and loses
+when the basis widens). "Recent" is its EWMA with half-life `reward_halflife` bars (one update per
+decision), and the running Sharpe is that EWMA mean over the EWMA standard deviation (clipped to
++-5); both restart at each episode.
 
 Action: K + 1 values in [-1, 1], logits `logit_scale * action`. Gating `softmax` (default) gives
 the weights `w = softmax(logits)`, `top1` the one-hot of the argmax. The env trades
@@ -25,13 +27,14 @@ the weights `w = softmax(logits)`, `top1` the one-hot of the argmax. The env tra
 scaled by `m` in [0, 1], so it stays in the env's action space and the env enforces leverage,
 capital and margin on it as on any action.
 
-Reward: the env's reward (bp of equity), plus `entropy_weight * bar_days * H(w) / log(K + 1)`
-(normalised entropy, in [0, 1]), minus `balance_weight * bar_days * ((K + 1) * sum_j u_j^2 - 1)`
-where `u` is the running usage: 0 when the options are used evenly, K when all weight sits on one
-option, so collapse costs reward. Both weights are bp of equity per day, scaled by the bar's
-length in days like the env's risk terms (and by the env's `reward_scale` when its reward is not
-in bp), so a day of shaping weighs the same on any bar and stays small next to the carry it must
-not outweigh (a full book's funding is about 2 bp a day on the demo market).
+Reward: the env's reward (bp of equity) summed over the decision's bars, plus `entropy_weight *
+days * H(w) / log(K + 1)` (normalised entropy, in [0, 1]; `days` the decision's length), minus
+`balance_weight * days * ((K + 1) * sum_j u_j^2 - 1)` where `u` is the running usage: 0 when the
+options are used evenly, K when all weight sits on one option, so collapse costs reward. Both
+weights are bp of equity per day, scaled by the decision's length in days like the env's risk
+terms (and by the env's `reward_scale` when its reward is not in bp), so a day of shaping weighs
+the same on any bar and stays small next to the carry it must not outweigh (a full book's funding
+is about 2 bp a day on the demo market).
 
 `train_meta_controller(...)` mirrors `train.train_expert`: input checks, pinned threads, seed,
 progress lines, validation on the held-out tail, atomic save under `<models_root>/meta/fold<k>/`,
@@ -59,6 +62,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor
 from carry_env.config import EnvConfig
 from carry_env.market import MarketData
 from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG
+from carry_pipeline.lib.training.cadence import DecisionClock, DecisionVecEnv, hold_action
 from carry_pipeline.lib.training.observation import (
     ObservationBuilder,
     WindowSet,
@@ -127,7 +131,13 @@ class MetaSpec:
     gamma: float = 0.99
     ent_coef: float = 0.0
     log_std_init: float = -0.5
-    episode_length: int = 256
+    episode_length: int = 512
+    """Bars per training episode (at least two decisions)."""
+    decision_bars: int = 8
+    """Bars per decision (`cadence`): the meta-controller asks its experts and gates them once
+    every this many bars (2 hours of 15-minute bars) and holds the book in between; rewards are
+    summed over them and `gamma` is per decision. The anomaly expert's multiplier is read at each
+    decision, so a cut waits for at most this many bars."""
     seed: int = 0
     threads: int = 1
     """torch CPU threads, pinned while training and recorded."""
@@ -150,9 +160,16 @@ class MetaSpec:
         for name in ("entropy_weight", "balance_weight", "ent_coef"):
             if getattr(self, name) < 0:
                 out.append(f"{name}={getattr(self, name)} must be >= 0")
-        for name in ("n_envs", "n_epochs", "episode_length", "threads", "progress_every"):
+        for name in (
+            "n_envs", "n_epochs", "episode_length", "decision_bars", "threads", "progress_every",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 out.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.episode_length < 2 * self.decision_bars:
+            out.append(
+                f"episode_length={self.episode_length} must hold at least two decisions of "
+                f"decision_bars={self.decision_bars} bars"
+            )
         if not self.net_arch or any(int(x) < 1 for x in self.net_arch):
             out.append(f"net_arch {list(self.net_arch)} must be positive layer sizes")
         if self.n_steps < 2:
@@ -293,9 +310,10 @@ class MetaCore:
             [index[f"{s}:{f}"] for f in ASSET_FIELDS for s in market.symbols], dtype=np.int64
         )
         self.unit_bp = carry_unit_bp(market)
-        bar_days = float(market.bar_seconds) / 86_400.0
-        self.shaping_scale = bar_days * float(base.config.reward_scale) / BP
-        """Reward units per bp-per-day of shaping: the bar's length in days, times the env's
+        self._unit_cum = np.vstack([np.zeros((1, market.n_symbols)), np.cumsum(self.unit_bp, 0)])
+        decision_days = float(market.bar_seconds) * spec.decision_bars / 86_400.0
+        self.shaping_scale = decision_days * float(base.config.reward_scale) / BP
+        """Reward units per bp-per-day of shaping: a decision's length in days, times the env's
         `reward_scale` over 1e4 (1 when its reward is in bp)."""
         b, k, n = base.num_envs, len(self.experts), market.n_symbols
         self.n_options = k + 1
@@ -400,16 +418,23 @@ class MetaCore:
         self.usage = np.array(state["usage"], dtype=np.float64)
         self._states = list(state["states"])
 
-    def feedback(self, bars: np.ndarray, env_reward: np.ndarray) -> np.ndarray:
-        """After a step from `bars`: update the experts' running reward and Sharpe and the usage,
-        and return the shaped reward `(B,)` (`reset_envs` then restarts finished envs)."""
-        unit = self.unit_bp[np.asarray(bars, dtype=np.int64)]  # (B, N)
+    def feedback(
+        self, bars: np.ndarray, env_reward: np.ndarray, until: np.ndarray | None = None
+    ) -> np.ndarray:
+        """After a decision at `bars` held until bars `until` (default `bars + 1`): update the
+        experts' running reward (what each suggestion earned per unit over those bars) and Sharpe
+        and the usage, and return the shaped reward `(B,)` (`reset_envs` then restarts finished
+        envs). The half-lives are in bars: one update per decision of `decision_bars`."""
+        start = np.asarray(bars, dtype=np.int64)
+        end = start + 1 if until is None else np.asarray(until, dtype=np.int64)
+        unit = self._unit_cum[end] - self._unit_cum[start]  # (B, N)
         r = (self.suggestions * unit[:, None, :]).mean(axis=2)  # (B, K)
-        a = alpha(self.spec.reward_halflife)
+        per = self.spec.decision_bars
+        a = alpha(self.spec.reward_halflife / per)
         delta = r - self._mean
         self._mean += a * delta
         self._var = (1.0 - a) * (self._var + a * delta**2)
-        self.usage += alpha(self.spec.usage_halflife) * (self.weights - self.usage)
+        self.usage += alpha(self.spec.usage_halflife / per) * (self.weights - self.usage)
         shaped = (
             np.asarray(env_reward, np.float64)
             + self.spec.entropy_weight * self.shaping_scale * normalised_entropy(self.weights)
@@ -448,15 +473,17 @@ class MetaVecEnv(VecEnvWrapper):
         raw = array_observation(raw, "MetaVecEnv.step_wait")
         if self._bars is None:
             raise RuntimeError("MetaVecEnv.step_wait is called before step_async()")
-        shaped = self.core.feedback(self._bars, rew).astype(np.float32)
         done = np.flatnonzero(dones)
+        until = current_bars(self._base)
+        for b in done:  # the bar its episode ended on (one bar a step, or a DecisionVecEnv's)
+            until[b] = infos[b].get("terminal_bar", self._bars[b] + 1)
+        shaped = self.core.feedback(self._bars, rew, until).astype(np.float32)
         if done.size:
             # Terminal observations: the finished episodes' last bar, statistics not yet restarted;
             # the experts' recurrent states are kept as they were for the next observation.
             final_raw = raw.copy()
             final_raw[done] = np.stack([infos[b]["terminal_observation"] for b in done])
-            bars = current_bars(self._base)
-            bars[done] = self._bars[done] + 1
+            bars = until.copy()
             states = list(self.core._states)
             final = self.core.observe(final_raw, bars)
             self.core._states = states
@@ -476,11 +503,15 @@ def make_meta_env(
     n_envs: int,
     anomaly: ExpertPolicy | None = None,
 ) -> MetaVecEnv:
-    """`MetaVecEnv` over `SB3VecEnv(CarryTradeVectorEnv(market, config, n_envs))`."""
+    """`MetaVecEnv` over `SB3VecEnv(CarryTradeVectorEnv(market, config, n_envs))`, through a
+    `cadence.DecisionVecEnv` of `spec.decision_bars` when that is above 1."""
     from carry_env.vector import CarryTradeVectorEnv, SB3VecEnv
 
     base = CarryTradeVectorEnv(market, config, n_envs)
-    return MetaVecEnv(SB3VecEnv(base), MetaCore(base, windows, experts, spec, anomaly))
+    venv: VecEnv = SB3VecEnv(base)
+    if spec.decision_bars > 1:
+        venv = DecisionVecEnv(venv, spec.decision_bars)
+    return MetaVecEnv(venv, MetaCore(base, windows, experts, spec, anomaly))
 
 
 @dataclass(frozen=True)
@@ -505,7 +536,8 @@ def meta_rollout(
     seed: int = 0,
 ) -> MetaRollout:
     """One episode on bars `start..end` (one env) where `actor(meta_obs) -> (1, K + 1)` gates the
-    experts; totals as `rollout.rollout` reports them."""
+    experts on the decision bars of a `cadence.DecisionClock` (the book is held on the others);
+    totals as `rollout.rollout` reports them, mean weights over bars."""
     from carry_env.vector import CarryTradeVectorEnv
 
     base = CarryTradeVectorEnv(market, _fixed_span(config), 1)
@@ -515,13 +547,20 @@ def meta_rollout(
     totals = dict.fromkeys(("reward", "funding", "costs", "price_pnl", "leverage"), 0.0)
     equity, liquidations, steps = [float(config.initial_cash)], 0, 0
     used = np.zeros(core.n_options)
+    clock = DecisionClock(spec.decision_bars, market.bar_seconds)
+    decided: np.ndarray | None = None
     while True:
         bars = current_bars(base)
-        action = core.actions(actor(core.observe(raw, bars)))
+        if clock.due(int(market.ts[bars[0]])):
+            if decided is not None:
+                core.feedback(decided, np.zeros(1), bars)
+            action = core.actions(actor(core.observe(raw, bars)))
+            decided = bars
+        else:
+            action = hold_action(1, market.n_symbols, False)
         used += core.weights[0]
         raw, rew, term, trunc, infos = base.step(action)
         done = bool(term[0] or trunc[0])
-        core.feedback(bars, rew)
         info = infos["final_info"] if done else infos
         _accumulate(totals, info, float(rew[0]))
         equity.append(float(info["equity"][0]))

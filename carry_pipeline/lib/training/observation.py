@@ -374,8 +374,10 @@ class ExpertVecEnv(VecEnvWrapper):
             if self._prev_bars is None:
                 raise RuntimeError("ExpertVecEnv.step_wait is called before step_async()")
             final_raw = np.stack([infos[b]["terminal_observation"] for b in done])
-            # Every step advances the clock by exactly one bar.
-            final = self.builder.build(final_raw, self._prev_bars[done] + 1)
+            # A step advances the clock by one bar, or to the `terminal_bar` a `DecisionVecEnv`
+            # (several bars a step) names.
+            final_bars = [infos[b].get("terminal_bar", self._prev_bars[b] + 1) for b in done]
+            final = self.builder.build(final_raw, np.asarray(final_bars, dtype=np.int64))
             for j, b in enumerate(done):
                 infos[b]["terminal_observation"] = {key: v[j] for key, v in final.items()}
         return obs, rew, dones, infos
@@ -405,15 +407,21 @@ def make_expert_env(
     *,
     output: Output = "weights",
     discrete: bool = False,
+    decision_bars: int = 1,
 ) -> ExpertVecEnv:
     """`ExpertVecEnv` over `SB3VecEnv` over a batched carry env (`CarryTradeDiscreteVectorEnv`
-    when `discrete`) on `market` with `config`."""
+    when `discrete`) on `market` with `config`; with `decision_bars` > 1 a
+    `cadence.DecisionVecEnv` between them makes one step that many bars."""
     from carry_env.discrete import CarryTradeDiscreteVectorEnv
     from carry_env.vector import CarryTradeVectorEnv, SB3VecEnv
+    from carry_pipeline.lib.training.cadence import DecisionVecEnv
 
     cls = CarryTradeDiscreteVectorEnv if discrete else CarryTradeVectorEnv
     base = cls(market, config, n_envs)
     builder = ObservationBuilder(
         windows, spec, base.market.ts, base.observation_names, base.market.symbols
     )
-    return ExpertVecEnv(SB3VecEnv(base), builder, output)
+    venv: VecEnv = SB3VecEnv(base)
+    if decision_bars > 1:
+        venv = DecisionVecEnv(venv, decision_bars, discrete=discrete)
+    return ExpertVecEnv(venv, builder, output)

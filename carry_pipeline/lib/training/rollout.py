@@ -14,6 +14,7 @@ import numpy as np
 
 from carry_env.config import EnvConfig
 from carry_env.market import MarketData
+from carry_pipeline.lib.training.cadence import DecisionClock, hold_action
 from carry_pipeline.lib.training.observation import (
     ObservationSpec,
     Output,
@@ -62,9 +63,11 @@ def rollout(
     output: Output = "weights",
     discrete: bool = False,
     seed: int = 0,
+    decision_bars: int = 1,
 ) -> RolloutMetrics:
     """One episode of `actor` on bars `start..end` of `market` (one env, `config` with fixed
-    bounds).
+    bounds). With `decision_bars` > 1 the actor is asked only on the decision bars of a
+    `cadence.DecisionClock` and the book is held on the others, as in the backtest.
 
     Raises:
         ValueError: the range is not inside the market (from the env).
@@ -77,14 +80,19 @@ def rollout(
     totals = dict.fromkeys(("reward", "funding", "costs", "price_pnl", "leverage"), 0.0)
     equity = [float(config.initial_cash)]
     liquidations, steps, first = 0, 0, True
+    clock = DecisionClock(decision_bars, market.bar_seconds)
+    hold = hold_action(1, market.n_symbols, discrete)
     while True:
-        obs = builder.build(raw, current_bars(base))
-        masks = base.action_masks() if discrete else None
-        action = actor(obs, np.array([first]), masks)
-        first = False
-        raw, rew, term, trunc, infos = base.step(
-            map_actions(output, action, raw, base.observation_names)
-        )
+        bar = int(current_bars(base)[0])
+        if clock.due(int(market.ts[bar])):
+            obs = builder.build(raw, np.array([bar]))
+            masks = base.action_masks() if discrete else None
+            action = map_actions(output, actor(obs, np.array([first]), masks), raw,
+                                 base.observation_names)  # fmt: skip
+            first = False
+        else:
+            action = hold
+        raw, rew, term, trunc, infos = base.step(action)
         done = bool(term[0] or trunc[0])
         info = infos["final_info"] if done else infos
         _accumulate(totals, info, float(rew[0]))

@@ -68,7 +68,13 @@ class ExpertSpec:
     """Initial log std of the Gaussian actions (continuous algorithms): exploration that churns
     the book pays trading costs at every step, so it starts narrow."""
     episode_length: int = 256
-    """Bars per training episode (each starts at a random bar of the fit span)."""
+    """Bars per training episode (each starts at a random bar of the fit span); at least two
+    decisions (`2 * decision_bars`)."""
+    decision_bars: int = 1
+    """Bars per decision: the expert decides once every this many bars and holds its book in
+    between (`cadence`); its rewards are summed over them and `gamma` is per decision. In the
+    backtest and paper trading decisions fall on the UTC periods of this many bars (32 fifteen-
+    minute bars: at each 8-hour funding settlement)."""
     seed: int = 0
     threads: int = 1
     """torch CPU threads, pinned while training and recorded (1 vs 2 give different weights)."""
@@ -108,11 +114,22 @@ class ExpertSpec:
             "n_envs",
             "n_epochs",
             "episode_length",
+            "decision_bars",
             "threads",
             "progress_every",
         ):
             if getattr(self, name) < 1:
                 out.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.episode_length < 2 * self.decision_bars:
+            out.append(
+                f"episode_length={self.episode_length} must hold at least two decisions of "
+                f"decision_bars={self.decision_bars} bars"
+            )
+        if self.decision_bars > 1 and self.output == "exposure":
+            out.append(
+                f"decision_bars={self.decision_bars}: an exposure expert cuts risk at the bar it "
+                "sees stress, so it decides every bar (decision_bars 1)"
+            )
         if self.embed_dim % max(self.attention_heads, 1):
             out.append(f"embed_dim={self.embed_dim} is not divisible by attention_heads")
         if self.n_steps < 2:
@@ -248,8 +265,16 @@ ANOMALY = ExpertSpec(
     timesteps={"demo": 8_192, "full": 2_000_000},
     warm_start=WarmStart(),
 )
+# The weights experts decide on a cadence (`cadence`): one decision per 8-hour funding interval
+# (32 fifteen-minute bars) for the slow experts, every 2 hours for the intraday one. Deciding every
+# bar, each expert traded small books that its exploration re-traded bar after bar, and entering
+# a book (about 11 bp of equity) paid back only after ~1,140 bars of the demo market's funding,
+# beyond a 256-bar episode at gamma 0.99 (README, "Why ..."). Per decision, gamma 0.99 looks
+# about 100 decisions ahead: 33 days at 32 bars.
 SHORT_TERM = ExpertSpec(
     name="short_term",
+    decision_bars=8,
+    episode_length=512,
     net_arch=(32, 16),
     observation=ObservationSpec(
         asset_fields=(
@@ -286,8 +311,8 @@ LONG_TERM = ExpertSpec(
             "perp_margin_buffer",
         ),
     ),
-    gamma=0.995,
-    episode_length=512,
+    decision_bars=32,
+    episode_length=1_024,
     timesteps={"demo": 8_192, "full": 2_000_000},
 )
 LONG_TERM_RECURRENT = replace(
@@ -298,6 +323,8 @@ LONG_TERM_RECURRENT = replace(
 )
 SENTIMENT = ExpertSpec(
     name="sentiment",
+    decision_bars=32,
+    episode_length=1_024,
     net_arch=(32, 16),
     observation=ObservationSpec(
         window_features=("f_sent_", "f_funding"),

@@ -212,6 +212,7 @@ def train_expert(
             output=spec.output,
             discrete=spec.algorithm == "MaskablePPO",
             seed=spec.seed,
+            decision_bars=spec.decision_bars,
         )
     target = Path(models_root) / spec.name / fold.name
     record = TrainingRecord(
@@ -378,6 +379,7 @@ def _learn(
         spec.n_envs,
         output=spec.output,
         discrete=spec.algorithm == "MaskablePPO",
+        decision_bars=spec.decision_bars,
     )
     vec = VecMonitor(env)
     vec.seed(spec.seed)

@@ -42,7 +42,7 @@ TINY = json.dumps(
         "n_steps": 32,
         "batch_size": 64,
         "n_epochs": 1,
-        "episode_length": 32,
+        "episode_length": 64,
         "progress_every": 64,
     }
 )

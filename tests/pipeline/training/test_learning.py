@@ -37,6 +37,7 @@ def _test_span(inputs, actor, spec):  # noqa: ANN001, ANN202
         end=inputs.market.n_bars - 1,
         output=spec.output,
         seed=7,
+        decision_bars=spec.decision_bars,
     )
 
 
@@ -48,6 +49,8 @@ def test_expert_beats_flat_and_random_on_held_out_bars(name: str, inputs, tmp_pa
         # not yet grown its book to full size: 14-36 % of the full book's net carry over seeds
         # 0-2; at 8,192 it is 65-92 %.
         timesteps={"demo": 8_192, "full": 8_192},
+        # Hourly bars: a decision every 4 hours, 12 a 48-bar episode.
+        decision_bars=4,
         episode_length=48,
         n_envs=16,
         n_steps=32,

@@ -37,6 +37,7 @@ def _test_span(inputs, actor, spec):  # noqa: ANN001, ANN202
         end=inputs.market.n_bars - 1,
         output=spec.output,
         seed=7,
+        decision_bars=spec.decision_bars,
     )
 
 
@@ -44,6 +45,8 @@ def test_sentiment_expert_beats_flat_and_random_on_held_out_bars(inputs, tmp_pat
     spec = expert_spec(
         "sentiment",
         timesteps={"demo": 6_144, "full": 6_144},
+        # Hourly bars: a decision every 4 hours, 16 a 64-bar episode.
+        decision_bars=4,
         episode_length=64,
         n_envs=16,
         n_steps=32,

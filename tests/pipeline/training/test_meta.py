@@ -37,7 +37,7 @@ TINY = {
     "n_steps": 64,
     "batch_size": 128,
     "n_epochs": 1,
-    "episode_length": 32,
+    "episode_length": 64,
     "progress_every": 256,
 }
 
@@ -110,10 +110,14 @@ def _core(inputs: FoldInputs, expert_dirs: dict[str, str], spec: MetaSpec, n: in
 
 def test_the_shaping_weights_are_per_day_of_bars(inputs, expert_dirs) -> None:
     # 2.4 bp a day on the fixture's 1-hour bars: 0.1 bp per step for even weights (entropy 1).
-    base, core = _core(inputs, expert_dirs, MetaSpec(entropy_weight=2.4, balance_weight=0.0))
+    spec = MetaSpec(entropy_weight=2.4, balance_weight=0.0, decision_bars=1)
+    base, core = _core(inputs, expert_dirs, spec)
     assert core.shaping_scale == pytest.approx(1.0 / 24.0)  # the env's reward is in bp
-    tenths = MetaSpec(entropy_weight=2.4, env_overrides={"reward_scale": 10.0})
+    tenths = replace(spec, env_overrides={"reward_scale": 10.0})
     assert _core(inputs, expert_dirs, tenths)[1].shaping_scale == pytest.approx(1e-3 / 24.0)
+    # A decision of 8 bars holds for 8 hours: its shaping is 8 bars' worth.
+    eight = replace(spec, decision_bars=8)
+    assert _core(inputs, expert_dirs, eight)[1].shaping_scale == pytest.approx(8.0 / 24.0)
     raw, _ = base.reset(seed=0)
     core.reset_envs(np.ones(4, bool))
     for _ in range(3):
@@ -133,7 +137,7 @@ def test_the_default_shaping_stays_small_next_to_a_day_of_carry() -> None:
 
 
 def test_the_load_balancing_term_penalises_collapse_in_the_reward(inputs, expert_dirs) -> None:
-    spec = MetaSpec(entropy_weight=0.0, balance_weight=2.4)  # 0.1 bp per 1-hour step
+    spec = MetaSpec(entropy_weight=0.0, balance_weight=2.4, decision_bars=1)  # 0.1 bp an hour
     rewards = {}
     for label, logits in {"even": np.zeros(3), "collapsed": np.array([1.0, -1.0, -1.0])}.items():
         base, core = _core(inputs, expert_dirs, spec)
@@ -234,7 +238,10 @@ TRAIN_BARS, TEST_BARS = 400, 120
 def test_meta_over_trained_experts_beats_flat_and_random_on_held_out_bars(tmp_path) -> None:
     frame = carry_frame(TRAIN_BARS + 1 + TEST_BARS, ("BTC", "ETH"), funding_bp=10.0)
     data = fold_inputs(frame, tmp_path / "w", train_bars=TRAIN_BARS, test_bars=TEST_BARS)
-    budget = {"episode_length": 48, "n_envs": 16, "n_steps": 32, "batch_size": 256}
+    # Hourly bars: every agent decides every 4 hours, 12 decisions a 48-bar episode.
+    budget = {
+        "episode_length": 48, "decision_bars": 4, "n_envs": 16, "n_steps": 32, "batch_size": 256,
+    }  # fmt: skip
     short = train_expert(
         expert_spec("short_term", timesteps={"demo": 4_096, "full": 4_096}, **budget),
         data.train_market,

@@ -24,7 +24,7 @@ TINY = {
     "n_steps": 64,
     "batch_size": 128,
     "n_epochs": 1,
-    "episode_length": 32,
+    "episode_length": 64,
     "progress_every": 256,
 }
 
