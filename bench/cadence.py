@@ -1,11 +1,14 @@
-"""Does PPO learn to hold the carry trade? The same market at two decision cadences.
+"""Does PPO learn to hold the carry trade? The same market at three decision cadences.
 
     .venv/bin/python bench/cadence.py [--timesteps 600000]
 
 Plain SB3 PPO (default observation, 16 batched envs, [64, 64], one torch thread) is trained on the
 simulated 2023 of BTC and ETH and tested from flat on 2024 H1 (the pipeline's env config: auto-add
 margin on, anomalies on), once on 8-hour bars (a decision per funding interval, 90-bar episodes =
-30 days) and once on 15-minute bars (256-bar episodes, what the experts train on). Beside it:
+30 days), once on 15-minute bars deciding every bar (256-bar episodes, what the experts trained on
+before `decision_bars`), and once on 15-minute bars deciding every 32 bars through the pipeline's
+`cadence.DecisionVecEnv` (1,024-bar episodes = 32 decisions; tested deciding every 32 bars from
+the start and holding, NaN, in between; what the slow experts train on now). Beside it:
 `carry_env.demo`'s `always_long_carry` (weight 1 / N on every asset, every bar) and `flat`, on the
 test half-year, and PPO and long carry in sample on the training year (`carry_env.demo.run_episode`
 for every run). Printed per run: the equity at the end, funding, fees, slippage, turnover in
@@ -27,7 +30,7 @@ import numpy as np
 import polars as pl
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import VecMonitor
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,10 +40,24 @@ from carry_env.sb3 import SB3VecEnv  # noqa: E402
 from carry_env.synthetic import simulate_market  # noqa: E402
 from carry_env.vector import CarryTradeVectorEnv  # noqa: E402
 from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG  # noqa: E402
+from carry_pipeline.lib.training.cadence import DecisionVecEnv  # noqa: E402
 
 SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT")
-CADENCES = (("8h", 90), ("15m", 256))
-"""(bar, episode length in bars) of each run."""
+CADENCES = (("8h", 90, 1), ("15m", 256, 1), ("15m", 1_024, 32))
+"""(bar, episode length in bars, bars per decision) of each run."""
+
+
+def every(policy: Policy, decision_bars: int) -> Policy:
+    """`policy` asked every `decision_bars` bars from the episode's start, holding (NaN) between."""
+    bar = [0]
+
+    def act(obs: np.ndarray, names: list[str]) -> np.ndarray:
+        decide = bar[0] % decision_bars == 0
+        bar[0] += 1
+        action = np.asarray(policy(obs, names), dtype=np.float64)
+        return action if decide else np.full_like(action, np.nan)
+
+    return act
 
 
 def recorded(policy: Policy, actions: list[np.ndarray]) -> Policy:
@@ -61,11 +78,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cash = PIPELINE_ENV_CONFIG.initial_cash
-    for bar, episode in CADENCES:
+    for bar, episode, decision_bars in CADENCES:
         train = simulate_market(SYMBOLS, "2023-01-01", "2024-01-01", bar, seed=0)
         test = simulate_market(SYMBOLS, "2024-01-01", "2024-07-01", bar, seed=0)
         config = replace(PIPELINE_ENV_CONFIG, random_start=True, episode_length=episode)
-        venv = VecMonitor(SB3VecEnv(CarryTradeVectorEnv(train, config, 16)))
+        inner: VecEnv = SB3VecEnv(CarryTradeVectorEnv(train, config, 16))
+        if decision_bars > 1:
+            inner = DecisionVecEnv(inner, decision_bars)
+        venv = VecMonitor(inner)
         model = PPO(
             "MlpPolicy", venv, n_steps=64, batch_size=512, n_epochs=4, learning_rate=3e-4,
             policy_kwargs={"net_arch": [64, 64], "log_std_init": -1.0}, seed=0, device="cpu",
@@ -73,9 +93,13 @@ def main() -> None:
         t0 = time.perf_counter()
         model.learn(args.timesteps)
         wall = time.perf_counter() - t0
-        print(f"{bar} bars, {episode}-bar episodes, {args.timesteps:,} timesteps in {wall:.0f} s:")
+        print(
+            f"{bar} bars, a decision every {decision_bars} bar(s), {episode}-bar episodes, "
+            f"{args.timesteps:,} timesteps (decisions) in {wall:.0f} s:"
+        )
+        ppo: Policy = lambda o, _, m=model: m.predict(o, deterministic=True)[0]  # noqa: E731
         policies: dict[str, Policy] = {
-            "ppo": lambda o, _, m=model: m.predict(o, deterministic=True)[0],
+            "ppo": ppo,
             "long_carry": always_long_carry,
             "flat": flat,
         }
@@ -85,12 +109,13 @@ def main() -> None:
             market = test if span == "test" else train
             actions: list[np.ndarray] = []
             env = CarryTradeEnv(market, PIPELINE_ENV_CONFIG)
-            r = run_episode(env, recorded(policies[name], actions), name, seed=1)
+            policy = every(ppo, decision_bars) if name == "ppo" else policies[name]
+            r = run_episode(env, recorded(policy, actions), name, seed=1)
             print(
                 f"  {span:<5} {name:<10} equity {r.final_equity:>9,.0f}  funding "
                 f"{r.funding:>7,.0f}  fees {r.fees:>7,.0f}  slippage {r.slippage:>6,.0f}  "
                 f"turnover {r.turnover / cash:5.1f}x  mean action "
-                f"{np.round(np.mean(actions, axis=0), 2)}",
+                f"{np.round(np.nanmean(actions, axis=0), 2)}",
                 flush=True,
             )
     funding = simulate_market(SYMBOLS, "2024-01-01", "2024-07-01", "8h", seed=0)

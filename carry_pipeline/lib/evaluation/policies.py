@@ -195,6 +195,8 @@ class MetaBacktestPolicy:
         self._core: MetaCore | None = None
         self._prev_bar: int | None = None
         self._clock = DecisionClock(meta.spec.decision_bars, 1.0)
+        self.decided = False
+        """Whether the last `predict` decided (False on a bar it held)."""
         self._ts: list[int] = []
         self._weights: list[np.ndarray] = []
         self._exposure: list[float] = []
@@ -276,7 +278,8 @@ class MetaBacktestPolicy:
         bar = _current_bar(self._env, "MetaBacktestPolicy")
         core, env = self._core, self._env
         assert core is not None and env is not None
-        if not self._clock.due(int(env.market.ts[bar])):
+        self.decided = self._clock.due(int(env.market.ts[bar]))
+        if not self.decided:
             return np.full(env.market.n_symbols, np.nan), state
         if self._prev_bar is not None:
             # The running reward/Sharpe and usage do not depend on the env reward (only the

@@ -426,8 +426,9 @@ class ChampionPolicy:
             raise ChampionError(f"champion {self.source.champion_id}: {exc}") from exc
 
     def explain(self, observation: np.ndarray) -> dict[str, Any]:
-        """The last decision's expert outputs (and the anomaly multiplier) and gating weights."""
-        return self.meta.last_decision()
+        """The expert outputs (and the anomaly multiplier) and gating weights of the decision
+        the last `predict` made; empty when it held the book between decision bars."""
+        return self.meta.last_decision() if self.meta.decided else {}
 
 
 def load_champion_policy(

@@ -56,6 +56,9 @@ RECURRENT = json.dumps(
     {**json.loads(TINY), "algorithm": "RecurrentPPO",
      "observation": {"history_windows": 1, "history_stride": 1}}
 )  # fmt: skip
+# The meta-controller decides every 2 hourly bars (its default is 8 bars), so a 4-bar session has
+# both decision bars and held bars, one decision of them on a bar polled live.
+META = json.dumps({**json.loads(TINY), "decision_bars": 2})
 
 
 def _upstream(database: Path, windows_root: Path) -> None:
@@ -100,7 +103,7 @@ def build_champion_store(root: Path) -> tuple[Path, str]:
     torch.set_num_threads(1)
     store = {"database": root / "carry.duckdb", "models": root / "models"}
     _upstream(store["database"], root / "windows")
-    assert _materialize(store, [*EXPERTS, meta_controller], long_term=RECURRENT).success
+    assert _materialize(store, [*EXPERTS, meta_controller], long_term=RECURRENT, meta=META).success
     with duckdb.connect(str(store["database"])) as con:
         model = con.execute("select model_path, data_sha256, trained_at from "
                             "models.meta_controller where fold = 0").fetchone()  # fmt: skip
@@ -164,7 +167,10 @@ def test_sensor_launches_a_paper_session_of_the_champion(
                            "where session_id = ? and feed_fault = '' order by bar",
                            [session]).fetchall()  # fmt: skip
     assert len(rows) == 48
-    outputs, weights = json.loads(rows[-1][0]), json.loads(rows[-1][1])
+    # Suggestions are stored on the meta-controller's decision bars (every 2nd), null between.
+    decided = [r for r in rows if json.loads(r[1]) is not None]
+    assert len(decided) == 24 and all(json.loads(r[0]) is None for r in rows if r not in decided)
+    outputs, weights = json.loads(decided[-1][0]), json.loads(decided[-1][1])
     assert {"short_term", "long_term", "sentiment", "exposure"} <= set(outputs)
     assert len(outputs["short_term"]) == 2  # one suggestion per asset
     assert set(weights) == {"short_term", "long_term", "sentiment", "flat"}
@@ -249,10 +255,12 @@ def _live_champion_run(
     )
     assert result.success
     with duckdb.connect(str(database), read_only=True) as con:
-        decisions = con.execute("select bar, obs_digest from paper.decisions where session_id = ? "
-                                "order by bar", [session]).fetchall()  # fmt: skip
+        decisions = con.execute("select bar, obs_digest, gating_weights <> 'null' from "
+                                "paper.decisions where session_id = ? order by bar",
+                                [session]).fetchall()  # fmt: skip
     n_experts = len({name for name, _, _ in seen})
-    return clock, decisions, list(seen[: len(decisions) * n_experts])  # then the tracking backtest
+    decided = sum(d for _, _, d in decisions)
+    return clock, decisions, list(seen[: decided * n_experts])  # then the tracking backtest
 
 
 @pytest.mark.slow
@@ -293,7 +301,10 @@ def test_champion_on_the_ccxt_feed_sees_the_pipelines_observations(
 
         monkeypatch.setattr(ExpertPolicy, "act", recording)
         clock, decisions, observed = _live_champion_run(stub, database, tmp_path, "live", seen)
-        assert [b - decisions[0][0] for b, _ in decisions] == [0, 1, 2, 3]
+        assert [b - decisions[0][0] for b, _, _ in decisions] == [0, 1, 2, 3]
+        # Decision bars at even UTC hours, held (NaN, no suggestions stored) bars between.
+        decided = [b for b, _, d in decisions if d]
+        assert len(decided) == 2 and decided[1] - decided[0] == 2
 
         # The pipeline's view of the same bars, computed after the fact over the whole history.
         truth = CcxtExchange(api_url=stub.url, max_retries=0, clock=lambda: cut + 5 * HOUR)
@@ -305,6 +316,7 @@ def test_champion_on_the_ccxt_feed_sees_the_pipelines_observations(
         sentiment = build_sentiment_windows(scores, bars["ts"])
         market = MarketData.from_frame(build_market_frame(bars, carry, sentiment))
         first, last = decisions[0][0], decisions[-1][0]
+        assert int(market.ts[decided[0]]) // 10**9 % 7_200 == 0  # the 2-hour period's first bar
         ts = [datetime.fromtimestamp(int(market.ts[b]) / 1e9, tz=UTC) for b in (0, first, last)]
         folds = pl.DataFrame([{"fold": 0, "is_latest": False, "scheme": "anchored",
                                "train_start": ts[0], "train_end": ts[1], "test_start": ts[1],
@@ -319,14 +331,14 @@ def test_champion_on_the_ccxt_feed_sees_the_pipelines_observations(
             manifest.filter(pl.col("segment") == "test").row(0, named=True)
         )
         digests, env_obs = _replayed(database, "live", market, first)
-        assert [d for _, d in decisions] == digests  # the env part, bit for bit
+        assert [d for _, d, _ in decisions] == digests  # the env part, bit for bit
         names = CarryTradeEnv(market, EnvConfig()).observation_names
-        per_bar = len(observed) // len(decisions)
+        per_bar = len(observed) // len(decided)
         assert per_bar == 4  # three gated experts and the anomaly expert
-        for i, (bar, _) in enumerate(decisions):
+        for i, bar in enumerate(decided):
             for name, spec, obs in observed[i * per_bar : (i + 1) * per_bar]:
                 builder = ObservationBuilder(windows, spec, market.ts, names, market.symbols)
-                want = builder.build(env_obs[i][None, :], np.array([bar]))
+                want = builder.build(env_obs[bar - first][None, :], np.array([bar]))
                 assert float(want["global"][0, -2]) == 1.0  # a complete window at every bar
                 for part in ("window", "asset", "global"):
                     np.testing.assert_array_equal(obs[part], want[part], err_msg=f"{name} {part}")
@@ -339,14 +351,18 @@ def test_champion_on_the_ccxt_feed_sees_the_pipelines_observations(
         # observations are the same, bit for bit; the third one's windows are not.
         _perturb_kline(stub, "BTC", cut + HOUR, 1.03)
         _, moved_decisions, moved = _live_champion_run(stub, database, tmp_path, "moved", seen)
-        assert [b for b, _ in moved_decisions] == [b for b, _ in decisions]
-        for j in range(2 * per_bar):
-            for part in ("window", "asset", "global"):
-                np.testing.assert_array_equal(moved[j][2][part], observed[j][2][part])
-        third = range(2 * per_bar, 3 * per_bar)
-        assert any(
-            not np.array_equal(moved[j][2]["window"], observed[j][2]["window"]) for j in third
-        )
+        assert [b for b, _, _ in moved_decisions] == [b for b, _, _ in decisions]
+        for i, bar in enumerate(decided):
+            group = range(i * per_bar, (i + 1) * per_bar)
+            if bar < first + 2:
+                for j in group:
+                    for part in ("window", "asset", "global"):
+                        np.testing.assert_array_equal(moved[j][2][part], observed[j][2][part])
+            else:  # from the third bar on, the windows hold the moved close
+                assert any(
+                    not np.array_equal(moved[j][2]["window"], observed[j][2]["window"])
+                    for j in group
+                )
     finally:
         stub.stop()
 
