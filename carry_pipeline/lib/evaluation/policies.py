@@ -194,7 +194,7 @@ class MetaBacktestPolicy:
         self._env: CarryTradeEnv | None = None
         self._core: MetaCore | None = None
         self._prev_bar: int | None = None
-        self._clock = DecisionClock(meta.spec.decision_bars, 1.0)
+        self._clock: DecisionClock | None = None
         self.decided = False
         """Whether the last `predict` decided (False on a bar it held)."""
         self._ts: list[int] = []
@@ -262,6 +262,7 @@ class MetaBacktestPolicy:
             raise RuntimeError("MetaBacktestPolicy.reset(env) must be called before restart()")
         self._core.reset_envs(np.ones(1, dtype=bool))
         self._prev_bar = None
+        assert self._clock is not None  # set with the core by reset(env)
         self._clock.restart()
         self._ts, self._weights, self._exposure = [], [], []
 
@@ -276,9 +277,9 @@ class MetaBacktestPolicy:
         experts' running statistics with the bars since the last decision, observe, gate,
         combine. On the other bars: hold (NaN)."""
         bar = _current_bar(self._env, "MetaBacktestPolicy")
-        core, env = self._core, self._env
-        assert core is not None and env is not None
-        self.decided = self._clock.due(int(env.market.ts[bar]))
+        core, env, clock = self._core, self._env, self._clock
+        assert core is not None and env is not None and clock is not None
+        self.decided = clock.due(int(env.market.ts[bar]))
         if not self.decided:
             return np.full(env.market.n_symbols, np.nan), state
         if self._prev_bar is not None:
@@ -304,6 +305,7 @@ class MetaBacktestPolicy:
         """
         if self._core is None:
             raise RuntimeError("MetaBacktestPolicy.reset(env) must be called first")
+        assert self._clock is not None  # set with the core by reset(env)
         return {
             "core": self._core.get_state(),
             "prev_bar": self._prev_bar,
@@ -326,6 +328,7 @@ class MetaBacktestPolicy:
         prev = state["prev_bar"]
         self._prev_bar = None if prev is None else int(prev)
         # A state saved before decisions had a cadence decides at the next bar.
+        assert self._clock is not None  # set with the core by reset(env)
         self._clock.set_state(state.get("clock"))
 
     def last_decision(self) -> dict[str, Any]:

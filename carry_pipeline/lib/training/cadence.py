@@ -42,6 +42,16 @@ def hold_action(n_envs: int, n_assets: int, discrete: bool) -> np.ndarray:
     return np.full((n_envs, n_assets), np.nan)
 
 
+def episode_problems(episode_length: int, decision_bars: int) -> list[str]:
+    """What is wrong with an episode length for a cadence (empty when it holds two decisions)."""
+    if episode_length < 2 * decision_bars:
+        return [
+            f"episode_length={episode_length} must hold at least two decisions of "
+            f"decision_bars={decision_bars} bars"
+        ]
+    return []
+
+
 class DecisionClock:
     """Which bars are decision bars (module docstring), one clock per env.
 

@@ -62,7 +62,12 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor
 from carry_env.config import EnvConfig
 from carry_env.market import MarketData
 from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG
-from carry_pipeline.lib.training.cadence import DecisionClock, DecisionVecEnv, hold_action
+from carry_pipeline.lib.training.cadence import (
+    DecisionClock,
+    DecisionVecEnv,
+    episode_problems,
+    hold_action,
+)
 from carry_pipeline.lib.training.observation import (
     ObservationBuilder,
     WindowSet,
@@ -165,11 +170,7 @@ class MetaSpec:
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 out.append(f"{name}={getattr(self, name)} must be >= 1")
-        if self.episode_length < 2 * self.decision_bars:
-            out.append(
-                f"episode_length={self.episode_length} must hold at least two decisions of "
-                f"decision_bars={self.decision_bars} bars"
-            )
+        out += episode_problems(self.episode_length, self.decision_bars)
         if not self.net_arch or any(int(x) < 1 for x in self.net_arch):
             out.append(f"net_arch {list(self.net_arch)} must be positive layer sizes")
         if self.n_steps < 2:
@@ -548,6 +549,7 @@ def meta_rollout(
     equity, liquidations, steps = [float(config.initial_cash)], 0, 0
     used = np.zeros(core.n_options)
     clock = DecisionClock(spec.decision_bars, market.bar_seconds)
+    hold = hold_action(1, market.n_symbols, False)
     decided: np.ndarray | None = None
     while True:
         bars = current_bars(base)
@@ -557,7 +559,7 @@ def meta_rollout(
             action = core.actions(actor(core.observe(raw, bars)))
             decided = bars
         else:
-            action = hold_action(1, market.n_symbols, False)
+            action = hold
         used += core.weights[0]
         raw, rew, term, trunc, infos = base.step(action)
         done = bool(term[0] or trunc[0])

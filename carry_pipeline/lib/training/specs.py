@@ -17,6 +17,7 @@ from typing import Any
 
 from carry_env.config import EnvConfig
 from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG
+from carry_pipeline.lib.training.cadence import episode_problems
 from carry_pipeline.lib.training.extractors import EXTRACTORS
 from carry_pipeline.lib.training.imitation import WarmStart
 from carry_pipeline.lib.training.observation import ObservationSpec, Output
@@ -120,11 +121,7 @@ class ExpertSpec:
         ):
             if getattr(self, name) < 1:
                 out.append(f"{name}={getattr(self, name)} must be >= 1")
-        if self.episode_length < 2 * self.decision_bars:
-            out.append(
-                f"episode_length={self.episode_length} must hold at least two decisions of "
-                f"decision_bars={self.decision_bars} bars"
-            )
+        out += episode_problems(self.episode_length, self.decision_bars)
         if self.decision_bars > 1 and self.output == "exposure":
             out.append(
                 f"decision_bars={self.decision_bars}: an exposure expert cuts risk at the bar it "

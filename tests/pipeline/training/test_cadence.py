@@ -3,8 +3,6 @@ same env stepped bar by bar with hold actions."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -205,4 +203,3 @@ def test_the_meta_feedback_sums_what_each_suggestion_earned_over_the_decision(ma
     unit = carry_unit_bp(m)[bars[0] : bars[0] + 4].sum(axis=0).mean()
     # With a half-life of ~0 the running reward is the last decision's: its 4 bars' earnings.
     np.testing.assert_allclose(core._mean[0], [unit, -0.5 * unit], rtol=1e-9)
-    assert replace(spec, decision_bars=1).decision_bars == 1
