@@ -154,7 +154,14 @@ class ExpertBacktestPolicy:
         out = self.expert.act(obs, self._state, episode_start, deterministic=True)
         self._state = out.state
         self.last_output = np.asarray(out.output, dtype=np.float64)[0]
-        action = map_actions(self.expert.spec.output, out.action, raw, self._env.observation_names)
+        action = map_actions(
+            self.expert.spec.output,
+            out.action,
+            raw,
+            self._env.observation_names,
+            leverage_cap=self._env.config.leverage_cap,
+            band=self.expert.spec.band(),
+        )
         return np.asarray(action, dtype=np.float64)[0], state
 
     def get_state(self) -> dict[str, Any]:

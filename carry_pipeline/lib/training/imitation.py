@@ -33,6 +33,7 @@ import torch
 from carry_env.config import EnvConfig
 from carry_env.market import MarketData
 from carry_pipeline.lib.training.observation import (
+    ExposureBand,
     ObservationSpec,
     WindowSet,
     base_vector_env,
@@ -152,10 +153,12 @@ def collect_teacher_data(
     *,
     gamma: float,
     seed: int,
+    band: ExposureBand | None = None,
 ) -> TeacherData:
-    """Roll the teacher (with `rules.explore` random steps) over `market` in `n_envs` envs and
-    label each observation with the teacher's action."""
-    env = make_expert_env(market, windows, spec, config, n_envs, output="exposure")
+    """Roll the teacher (with `rules.explore` random steps) over `market` in `n_envs` envs, its
+    book re-trading past `band` as the expert's does, and label each observation with the
+    teacher's action."""
+    env = make_expert_env(market, windows, spec, config, n_envs, output="exposure", band=band)
     base = base_vector_env(env)
     teacher = RiskTeacher.build(
         rules, base.market, base.observation_names, config.default_spread_bps
@@ -196,13 +199,14 @@ def warm_start(
     n_envs: int,
     *,
     seed: int,
+    band: ExposureBand | None = None,
 ) -> dict[str, Any]:
     """Fit `model`'s policy (an SB3 PPO with a Gaussian policy) to the teacher; return a summary:
     observations, the teacher's cut share, first and last epoch loss, and the share of
     observations where the deterministic student's multiplier is within 0.5 of the teacher's."""
     started = time.perf_counter()
     data = collect_teacher_data(
-        rules, market, windows, spec, config, n_envs, gamma=model.gamma, seed=seed
+        rules, market, windows, spec, config, n_envs, gamma=model.gamma, seed=seed, band=band
     )
     policy = model.policy
     policy.set_training_mode(True)

@@ -6,6 +6,7 @@
   config, curve and validation; the headline validation numbers as float columns).
 - `append_registry(connection, frame)`: appends rows to `models.registry` in one transaction;
   rows already there are never updated or deleted, so the table keeps every training's history.
+  A registry written before a column was added (`ADDED_COLUMNS`) gets it, null on its old rows.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ REGISTRY_SCHEMA: dict[str, pl.DataType] = {
     "env_config": pl.String(),
     "curve": pl.String(),
     "validation": pl.String(),
+    "code_version": pl.String(),
     "trained_at": UTC_TS,
 }
 """Columns of `models.registry` and of each `models.<expert>` table (JSON as strings)."""
@@ -145,10 +147,36 @@ def registry_frame(records: Iterable[tuple[TrainingRecord, bool]], run_id: str) 
                 "env_config": json.dumps(rec.env_config, sort_keys=True),
                 "curve": json.dumps(rec.curve),
                 "validation": json.dumps(val, sort_keys=True),
+                "code_version": rec.code_version,
                 "trained_at": rec.trained_at,
             }
         )
     return pl.DataFrame(rows, schema=REGISTRY_SCHEMA)
+
+
+ADDED_COLUMNS: dict[str, str] = {"code_version": "VARCHAR"}
+"""Columns added to `REGISTRY_SCHEMA` after registries were first written, with their DuckDB
+types: a registry without one gets it (null on its old rows) before the next append."""
+
+
+def add_missing_columns(connection: Any) -> list[str]:
+    """Add each `ADDED_COLUMNS` column `models.registry` lacks (null on every row already there,
+    every row kept); return the names added."""
+    schema, table = REGISTRY_TABLE.split(".")
+    have = {
+        r[0]
+        for r in connection.execute(
+            "select column_name from information_schema.columns "
+            "where table_schema = ? and table_name = ?",
+            [schema, table],
+        ).fetchall()
+    }
+    added = [name for name in ADDED_COLUMNS if name not in have]
+    for name in added:
+        connection.execute(
+            f"alter table {REGISTRY_TABLE} add column {name} {ADDED_COLUMNS[name]}"
+        ).fetchall()
+    return added
 
 
 def append_registry(connection: Any, frame: pl.DataFrame) -> int:
@@ -164,6 +192,7 @@ def append_registry(connection: Any, frame: pl.DataFrame) -> int:
                 f"create table if not exists {REGISTRY_TABLE} as "
                 "select * from __registry_rows limit 0"
             ).fetchall()
+            add_missing_columns(connection)
             connection.execute(
                 f"insert into {REGISTRY_TABLE} by name select * from __registry_rows"
             ).fetchall()

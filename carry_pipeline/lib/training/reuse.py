@@ -10,15 +10,18 @@ it is (its `run_id` and `trained_at` say which run trained the model) and append
 The key holds everything a training's outcome depends on that the registry records: expert, fold,
 latest-window flag, train span, algorithm, seed, threads, device, profile, the timesteps the
 training would reach, the sha256 of its windows and market (`train.data_sha256`), the spec and the
-env config (canonical JSON). A meta-controller's spec names its experts' folders; since those
-folders are overwritten by the experts' next training, its row is reusable only when it is newer
-than every expert model it gates (`not_before`). Each `<expert>/fold<k>/` folder holds the last
+env config (canonical JSON), and the code version (`code_version.code_version()`: the syntax of
+`carry_env` and `lib/training` and the versions of numpy, numba, gymnasium, torch and SB3). A
+meta-controller's spec names its experts' folders; since those folders are overwritten by the
+experts' next training, its row is reusable only when it is newer than every expert model it
+gates (`not_before`). Each `<expert>/fold<k>/` folder holds the last
 training of that fold, so a row is reusable only while the folder's `record.json` is that row's
 (same `trained_at` and data hash): an older row whose folder was overwritten since is not.
 
-Not in the key: the training code itself. A change to the env's dynamics or to an algorithm that
-leaves the spec and env config as they were reuses the old model; turn reuse off for that retrain
-(`model_settings.reuse: false`) or change the seed.
+So a change to the env's dynamics or to an algorithm retrains, and an edit to docstrings or
+comments alone does not. A registry row written before the code version was recorded (null) is
+never reused. Code outside those two packages that a training reads (the feature stage) reaches
+it as data, which the data hash covers.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import polars as pl
 import torch
 
 from carry_pipeline.lib.duckdb_io import utc_frame
+from carry_pipeline.lib.training.code_version import code_version
 from carry_pipeline.lib.training.meta import MetaSpec
 from carry_pipeline.lib.training.registry import REGISTRY_SCHEMA, REGISTRY_TABLE, FoldData
 from carry_pipeline.lib.training.specs import ExpertSpec
@@ -62,6 +66,8 @@ class TrainingKey:
     """The spec as the registry stores it: JSON with sorted keys."""
     env_config: str
     """The training env's config, JSON with sorted keys."""
+    code_version: str
+    """`code_version.code_version()`: the training code and library versions."""
 
     @classmethod
     def build(
@@ -157,6 +163,7 @@ def _key(
         data_sha256=data_sha256(data.windows, data.market),
         spec=spec,
         env_config=env_config,
+        code_version=code_version(),
     )
 
 
@@ -181,7 +188,14 @@ def read_registry(connection: Any) -> pl.DataFrame:
     ).fetchall()[0][0]
     if not exists:
         return pl.DataFrame(schema=REGISTRY_SCHEMA)
-    return utc_frame(connection.sql(f"select * from {REGISTRY_TABLE}").pl())
+    frame = utc_frame(connection.sql(f"select * from {REGISTRY_TABLE}").pl())
+    # A registry written before a column was added lacks it until the next append adds it.
+    missing = [
+        pl.lit(None, dtype).alias(c)
+        for c, dtype in REGISTRY_SCHEMA.items()
+        if c not in frame.columns
+    ]
+    return frame.with_columns(missing) if missing else frame
 
 
 def reusable_row(

@@ -16,6 +16,7 @@ from carry_env.config import EnvConfig
 from carry_env.market import MarketData
 from carry_pipeline.lib.training.cadence import DecisionClock, hold_action
 from carry_pipeline.lib.training.observation import (
+    ExposureBand,
     ObservationSpec,
     Output,
     WindowSet,
@@ -64,10 +65,12 @@ def rollout(
     discrete: bool = False,
     seed: int = 0,
     decision_bars: int = 1,
+    band: ExposureBand | None = None,
 ) -> RolloutMetrics:
     """One episode of `actor` on bars `start..end` of `market` (one env, `config` with fixed
     bounds). With `decision_bars` > 1 the actor is asked only on the decision bars of a
-    `cadence.DecisionClock` and the book is held on the others, as in the backtest.
+    `cadence.DecisionClock` and the book is held on the others, as in the backtest. An exposure
+    actor's book re-trades only past `band` (`observation.ExposureBand`; None: every move).
 
     Raises:
         ValueError: the range is not inside the market (from the env).
@@ -88,7 +91,8 @@ def rollout(
             obs = builder.build(raw, np.array([bar]))
             masks = base.action_masks() if discrete else None
             action = map_actions(output, actor(obs, np.array([first]), masks), raw,
-                                 base.observation_names)  # fmt: skip
+                                 base.observation_names, leverage_cap=config.leverage_cap,
+                                 band=band)  # fmt: skip
             first = False
         else:
             action = hold

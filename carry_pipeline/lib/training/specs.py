@@ -20,7 +20,7 @@ from carry_pipeline.lib.env_config import PIPELINE_ENV_CONFIG
 from carry_pipeline.lib.training.cadence import episode_problems
 from carry_pipeline.lib.training.extractors import EXTRACTORS
 from carry_pipeline.lib.training.imitation import WarmStart
-from carry_pipeline.lib.training.observation import ObservationSpec, Output
+from carry_pipeline.lib.training.observation import ExposureBand, ObservationSpec, Output
 
 ALGORITHMS = ("PPO", "RecurrentPPO", "MaskablePPO")
 OUTPUTS = ("weights", "exposure")
@@ -39,6 +39,12 @@ class ExpertSpec:
     output: Output = "weights"
     """`weights`: the action is the env's weight per asset. `exposure`: a multiplier in [0, 1] per
     asset that scales a reference book (`observation.ExpertVecEnv`)."""
+    band_cut: float = 0.1
+    """Exposure experts: the smallest cut of a held book that trades, as a fraction of its size
+    (`observation.ExposureBand`); a cut to flat always trades."""
+    band_add: float = 0.25
+    """Exposure experts: the smallest addition to a held book that trades, as a fraction of the
+    target size (`observation.ExposureBand`)."""
     extractor: str = "cross_asset"
     """`cross_asset` (shared encoder + attention across assets) or `mlp` (flattened input)."""
     net_arch: tuple[int, ...] = (64, 64)
@@ -122,6 +128,9 @@ class ExpertSpec:
             if getattr(self, name) < 1:
                 out.append(f"{name}={getattr(self, name)} must be >= 1")
         out += episode_problems(self.episode_length, self.decision_bars)
+        for name in ("band_cut", "band_add"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                out.append(f"{name}={getattr(self, name)} must be in [0, 1)")
         if self.decision_bars > 1 and self.output == "exposure":
             out.append(
                 f"decision_bars={self.decision_bars}: an exposure expert cuts risk at the bar it "
@@ -166,6 +175,12 @@ class ExpertSpec:
             except ValueError as err:
                 out.append(f"env_overrides: {err}")
         return out
+
+    def band(self) -> ExposureBand | None:
+        """The re-trade band of an exposure expert's book; None for a `weights` expert."""
+        if self.output != "exposure":
+            return None
+        return ExposureBand(cut=self.band_cut, add=self.band_add)
 
     def env_config(self, base: EnvConfig | None = None) -> EnvConfig:
         """The training env's config: `base` (default `PIPELINE_ENV_CONFIG`) with random starts,

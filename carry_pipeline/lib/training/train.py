@@ -34,6 +34,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from carry_env.config import EnvConfig
 from carry_env.market import MarketData
+from carry_pipeline.lib.training.code_version import code_version
 from carry_pipeline.lib.training.extractors import EXTRACTORS
 from carry_pipeline.lib.training.imitation import warm_start
 from carry_pipeline.lib.training.observation import WindowSet, make_expert_env, window_index
@@ -99,6 +100,8 @@ class TrainingRecord:
     """Training-curve summary: points `(timesteps, mean episode reward)`, first/last/best, and the
     warm start's imitation summary (None without one)."""
     validation: dict[str, Any]
+    code_version: str = field(default_factory=code_version)
+    """`code_version.code_version()` of the process that trained (sources and libraries)."""
     trained_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,6 +216,7 @@ def train_expert(
             discrete=spec.algorithm == "MaskablePPO",
             seed=spec.seed,
             decision_bars=spec.decision_bars,
+            band=spec.band(),
         )
     target = Path(models_root) / spec.name / fold.name
     record = TrainingRecord(
@@ -380,6 +384,7 @@ def _learn(
         output=spec.output,
         discrete=spec.algorithm == "MaskablePPO",
         decision_bars=spec.decision_bars,
+        band=spec.band(),
     )
     vec = VecMonitor(env)
     vec.seed(spec.seed)
@@ -410,6 +415,7 @@ def _learn(
             config,
             spec.n_envs,
             seed=spec.seed,
+            band=spec.band(),
         )
         ws = progress.warm_start
         log.info(

@@ -9,14 +9,17 @@ import pytest
 from carry_env.config import EnvConfig
 from carry_env.engine import observation_names
 from carry_pipeline.lib.training.observation import (
+    ExposureBand,
     ObservationBuilder,
     ObservationSpec,
     WindowSet,
     current_bars,
     make_expert_env,
+    map_actions,
     reference_carry,
     window_index,
 )
+from carry_pipeline.lib.training.rollout import rollout
 
 from .conftest import carry_frame, fold_inputs
 
@@ -178,3 +181,80 @@ def test_the_reference_book_pairs_each_asset_with_its_own_held_leg() -> None:
     names = ["A:funding_sma3_bp", "B:funding_sma3_bp", "B:spot_exposure", "A:spot_exposure"]
     obs = np.array([[0.3, 0.3, 0.0, 0.4]])
     np.testing.assert_array_equal(reference_carry(obs, names), [[1.0, 0.0]])
+
+
+BAND_NAMES = ["cash", "A:spot_exposure", "A:max_leverage", "A:perp_margin_buffer"]
+CAP = 2.0  # the held weight 2 * spot_exposure / cap is then the spot exposure itself
+
+
+@pytest.mark.parametrize(
+    ("held", "target", "buffer", "expected"),
+    [
+        (0.0, 0.8, 1.0, 0.8),  # flat -> enters
+        (1.0, 0.0, 1.0, 0.0),  # a cut to flat passes at once
+        (1.0, 0.95, 1.0, None),  # a 5 % cut holds (cut band 10 %)
+        (1.0, 0.85, 1.0, 0.85),  # a 15 % cut trades
+        (0.5, 0.6, 1.0, None),  # adding 0.1 holds: under 25 % of the 0.6 target
+        (0.5, 0.7, 1.0, 0.7),  # adding 0.2 trades: over 25 % of 0.7
+        (1.0, -1.0, 1.0, -1.0),  # a reversal always trades
+        (-1.0, -0.95, 1.0, None),  # the reverse side holds the same way
+        (-1.0, -0.5, 1.0, -0.5),  # and cuts the same way
+        (0.0, 0.0, 1.0, None),  # flat stays flat without an order
+        (1.0, 0.95, 0.5, 0.95),  # a thin perp margin re-trades the held pair
+    ],
+)
+def test_the_exposure_band_cuts_fast_and_adds_slowly(held, target, buffer, expected) -> None:
+    obs = np.array([[1.0, held * CAP / 2, 100.0, buffer]])
+    out = ExposureBand(cut=0.1, add=0.25).actions(np.array([[target]]), obs, BAND_NAMES, CAP)
+    if expected is None:
+        assert np.isnan(out[0, 0])
+    else:
+        assert out[0, 0] == pytest.approx(expected)
+
+
+def test_the_exposure_band_compares_the_held_book_with_the_clamped_target() -> None:
+    # Two assets at target 1 each under a leverage limit that halves them: the env would trade
+    # 0.5 each, so a book held at 0.5 stays (against the unclamped 1 it would re-trade every bar).
+    names = ["A:spot_exposure", "A:max_leverage", "A:perp_margin_buffer",
+             "B:spot_exposure", "B:max_leverage", "B:perp_margin_buffer"]  # fmt: skip
+    obs = np.array([[0.5, 2.0, 1.0, 0.0, 2.0, 1.0]])  # cap 2, max leverage 2: 2x over
+    out = ExposureBand().actions(np.array([[1.0, 1.0]]), obs, names, CAP)
+    assert np.isnan(out[0, 0]) and out[0, 1] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("field", ["cut", "add", "margin_floor"])
+def test_a_band_outside_zero_one_is_refused(field: str) -> None:
+    with pytest.raises(ValueError, match=rf"{field}=1.0 must be in \[0, 1\)"):
+        ExposureBand(**{field: 1.0})
+
+
+def test_weights_pass_through_the_band_untouched() -> None:
+    actions = np.array([[0.3, -0.2]])
+    out = map_actions("weights", actions, np.zeros((1, 3)), ["a", "b", "c"],
+                      leverage_cap=CAP, band=ExposureBand())  # fmt: skip
+    np.testing.assert_array_equal(out, actions)
+
+
+def test_a_wiggling_multiplier_does_not_re_trade_the_book(tmp_path) -> None:
+    # Funding high enough that the reference book is long carry; the multiplier moves between
+    # 0.9 and 1.0 every bar, as a trained expert's does in calm markets. Without the band every
+    # move past the env's 2 % rebalance band re-trades both legs; with it the book is bought once.
+    frame = carry_frame(200, ("BTC", "ETH"), funding_bp=10.0)
+    inputs = fold_inputs(frame, tmp_path, train_bars=100, test_bars=99)
+    config = EnvConfig(anomalies=False)
+    rng = np.random.default_rng(3)
+
+    def wiggle(obs, first, masks):  # noqa: ANN001, ANN202
+        return 2.0 * rng.uniform(0.9, 1.0, (1, 2)) - 1.0  # multiplier in [0.9, 1]
+
+    def run(band: ExposureBand | None) -> float:
+        rng.bit_generator.state = np.random.default_rng(3).bit_generator.state
+        out = rollout(wiggle, inputs.market, inputs.train_windows, ObservationSpec(), config,
+                      start=10, end=99, output="exposure", band=band)  # fmt: skip
+        return out.costs
+
+    # What entering once costs: a band so wide that nothing after the entry trades.
+    entry = run(ExposureBand(cut=0.99, add=0.99))
+    unbanded, banded = run(None), run(ExposureBand())
+    assert unbanded - entry > 0.3 * entry  # the churn is real: re-trades cost a third of the entry
+    assert banded - entry < 0.05 * (unbanded - entry)

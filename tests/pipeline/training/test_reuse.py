@@ -12,7 +12,12 @@ import duckdb
 import polars as pl
 import pytest
 
-from carry_pipeline.lib.training.registry import REGISTRY_SCHEMA
+from carry_pipeline.lib.training.registry import (
+    ADDED_COLUMNS,
+    REGISTRY_SCHEMA,
+    REGISTRY_TABLE,
+    append_registry,
+)
 from carry_pipeline.lib.training.reuse import (
     TrainingKey,
     reached_timesteps,
@@ -55,6 +60,7 @@ def _key(**changes: Any) -> TrainingKey:
         "data_sha256": "ab" * 32,
         "spec": SPEC,
         "env_config": ENV,
+        "code_version": "ef" * 32,
     }
     values.update(changes)
     return TrainingKey.build(**values)
@@ -101,6 +107,7 @@ def test_the_same_training_with_its_model_on_disk_is_reused(tmp_path: Path) -> N
         {"train_end": T0 + timedelta(days=31)},  # a longer train span
         {"is_latest": True},  # the latest window is not a walk-forward fold
         {"device": "cuda"},
+        {"code_version": "01" * 32},  # the env's or the trainer's code changed
     ],
 )
 def test_any_change_to_the_training_retrains(tmp_path: Path, change: dict[str, Any]) -> None:
@@ -139,3 +146,45 @@ def test_read_registry_before_any_training_is_empty(tmp_path: Path) -> None:
     with duckdb.connect(str(tmp_path / "carry.duckdb")) as con:
         frame = read_registry(con)
     assert frame.height == 0 and frame.schema == pl.Schema(REGISTRY_SCHEMA)
+
+
+def test_a_row_from_before_code_versions_were_recorded_is_not_reused(tmp_path: Path) -> None:
+    folder = tmp_path / "short_term" / "fold0"
+    _save(folder)
+    assert reusable_row(_registry(_row(folder, code_version=None)), _key()) is None
+
+
+def _old_registry(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
+    """`models.registry` as written before the `ADDED_COLUMNS` existed."""
+    old = rows.drop(list(ADDED_COLUMNS))
+    con.execute("create schema models")
+    con.register("old_rows", old.to_arrow())
+    con.execute(f"create table {REGISTRY_TABLE} as select * from old_rows")
+    con.unregister("old_rows")
+
+
+def test_an_old_registry_gains_the_code_version_and_keeps_its_rows(tmp_path: Path) -> None:
+    folder = tmp_path / "short_term" / "fold0"
+    _save(folder)
+    old_row, new_row = _row(folder, run_id="run-old"), _row(folder, run_id="run-new")
+    with duckdb.connect(str(tmp_path / "carry.duckdb")) as con:
+        _old_registry(con, _registry(old_row))
+        before = read_registry(con)
+        # Read before the migration: the column is there, null, and the old row is not reused.
+        assert before["code_version"].to_list() == [None]
+        assert reusable_row(before, _key()) is None
+
+        assert append_registry(con, _registry(new_row)) == 2
+        after = read_registry(con).sort("run_id")
+    assert after["run_id"].to_list() == ["run-new", "run-old"]
+    assert after["code_version"].to_list() == ["ef" * 32, None]
+    # The old row is kept as it was in every other column.
+    kept = after.row(1, named=True)
+    assert {k: kept[k] for k in ("spec", "seed", "trained_at", "data_sha256")} == {
+        "spec": old_row["spec"],
+        "seed": 0,
+        "trained_at": TRAINED,
+        "data_sha256": "ab" * 32,
+    }
+    found = reusable_row(after, _key())
+    assert found is not None and found["run_id"] == "run-new"
