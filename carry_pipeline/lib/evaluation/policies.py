@@ -215,7 +215,8 @@ class MetaBacktestPolicy:
 
     @property
     def multiplier(self) -> float:
-        """The anomaly expert's exposure multiplier at the last decision (mean over assets)."""
+        """The anomaly expert's exposure multiplier last read (mean over assets): at the last
+        decision, or at a later bar where the risk overlay read it (`MetaCore.between`)."""
         if self._core is None:
             raise RuntimeError("MetaBacktestPolicy.reset(env) must be called first")
         return float(np.mean(self._core.multiplier[0]))
@@ -282,13 +283,15 @@ class MetaBacktestPolicy:
     ) -> tuple[np.ndarray, Any]:
         """On a decision bar (`cadence.DecisionClock` of the spec's `decision_bars`): update the
         experts' running statistics with the bars since the last decision, observe, gate,
-        combine. On the other bars: hold (NaN)."""
+        combine. On the other bars: hold (NaN), except where the anomaly expert cuts
+        (`MetaCore.between`, as in training)."""
         bar = _current_bar(self._env, "MetaBacktestPolicy")
         core, env, clock = self._core, self._env, self._clock
         assert core is not None and env is not None and clock is not None
         self.decided = clock.due(int(env.market.ts[bar]))
         if not self.decided:
-            return np.full(env.market.n_symbols, np.nan), state
+            held = core.between(np.asarray(observation)[None, :], np.array([bar]))
+            return np.asarray(held, dtype=np.float64)[0], state
         if self._prev_bar is not None:
             # The running reward/Sharpe and usage do not depend on the env reward (only the
             # shaped training reward does), so zeros stand in for it.

@@ -10,13 +10,16 @@ Two forms of the same rule:
 
 - `DecisionVecEnv` (training): one SB3 step is `decision_bars` bars of the batched env: the
   decided action on the first bar, "hold" (NaN weights, or the discrete env's choice 0) on the
-  others; the rewards of those bars are summed, so a decision's reward is what it earned until the
-  next one, and PPO's discount is per decision.
+  others (or, given `between`, that function's action: the meta-controller's risk overlay,
+  `meta.MetaCore.between`, which holds except where the anomaly expert cuts); the rewards of
+  those bars are summed, so a decision's reward is what it earned until the next one, and PPO's
+  discount is per decision.
 - `DecisionClock` (backtest, validation, paper trading): a bar is a decision bar when it is the
   first one or when it falls in another period of `decision_bars * bar_seconds` since the Unix
   epoch than the last decision (so with 32 fifteen-minute bars, at 00:00, 08:00 and 16:00 UTC;
   the phase comes from the bar's time, so a paper session that restarts keeps it, and a gap in
-  the bars never delays a decision past its period). Between decision bars the action is hold.
+  the bars never delays a decision past its period). Between decision bars the action is hold
+  (a meta-controller's risk overlay aside, as in training).
 
 Training starts its decisions at a random bar (the episode's random start), so a policy learns
 them at every phase of the funding interval; the clock then uses one phase.
@@ -24,6 +27,7 @@ them at every phase of the funding interval; the clock then uses one phase.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -102,12 +106,22 @@ class DecisionVecEnv(VecEnvWrapper):
     next step. Every env's `decision_start_bar` is also in `self.start_bars` after each step.
     """
 
-    def __init__(self, venv: VecEnv, decision_bars: int, *, discrete: bool = False) -> None:
+    def __init__(
+        self,
+        venv: VecEnv,
+        decision_bars: int,
+        *,
+        discrete: bool = False,
+        between: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         if decision_bars < 1:
             raise ValueError(f"decision_bars={decision_bars} must be >= 1")
+        if between is not None and discrete:
+            raise ValueError("between-decision actions need continuous weights, not discrete")
         super().__init__(venv)
         self.decision_bars = int(decision_bars)
         self.discrete = discrete
+        self.between = between
         self._base = base_vector_env(venv)
         self._actions: np.ndarray | None = None
         self.start_bars = np.zeros(self.num_envs, dtype=np.int64)
@@ -134,7 +148,14 @@ class DecisionVecEnv(VecEnvWrapper):
         obs: Any = None
         for j in range(self.decision_bars):
             bars = current_bars(self._base)
-            self.venv.step_async(actions if j == 0 else hold)
+            if j == 0:
+                step = actions
+            elif self.between is None:
+                step = hold
+            else:
+                # An env whose episode ended inside this decision holds its fresh book.
+                step = np.where(dones[:, None], hold, self.between(np.asarray(obs), bars))
+            self.venv.step_async(step)
             obs, rew, done, info = self.venv.step_wait()
             live = ~dones
             total[live] += rew[live]

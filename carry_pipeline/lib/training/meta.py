@@ -23,9 +23,15 @@ decision), and the running Sharpe is that EWMA mean over the EWMA standard devia
 
 Action: K + 1 values in [-1, 1], logits `logit_scale * action`. Gating `softmax` (default) gives
 the weights `w = softmax(logits)`, `top1` the one-hot of the argmax. The env trades
-`m * sum_j w_j a_j` (flat's suggestion is zero), a convex combination of actions in [-1, 1]
-scaled by `m` in [0, 1], so it stays in the env's action space and the env enforces leverage,
-capital and margin on it as on any action.
+`m * fit(sum_j w_j a_j)` (flat's suggestion is zero): a convex combination of actions in [-1, 1],
+scaled down to the env's leverage limit (`fit`, so that `m` cuts the book the env would hold
+rather than an over-limit book the env's clamp absorbs), times `m` in [0, 1]; it stays in the
+env's action space and the env enforces leverage, capital and margin on it as on any action.
+
+Between decisions the book is held, except for the anomaly expert's risk overlay
+(`MetaCore.between`): it is read every bar, and a multiplier more than its `band_cut` below the
+one the book was sized with cuts the book at once (to the last decision's mix times the new
+multiplier); a rising multiplier waits for the next decision.
 
 Reward: the env's reward (bp of equity) summed over the decision's bars, plus `entropy_weight *
 days * H(w) / log(K + 1)` (normalised entropy, in [0, 1]; `days` the decision's length), minus
@@ -66,7 +72,6 @@ from carry_pipeline.lib.training.cadence import (
     DecisionClock,
     DecisionVecEnv,
     episode_problems,
-    hold_action,
 )
 from carry_pipeline.lib.training.observation import (
     ObservationBuilder,
@@ -74,6 +79,7 @@ from carry_pipeline.lib.training.observation import (
     array_observation,
     base_vector_env,
     current_bars,
+    leverage_fit,
 )
 from carry_pipeline.lib.training.policy import (
     ExpertPolicy,
@@ -235,11 +241,24 @@ def gate(logits: np.ndarray, gating: str) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def combine(weights: np.ndarray, suggestions: np.ndarray, multiplier: np.ndarray) -> np.ndarray:
-    """The env action `m * sum_j w_j a_j`: `weights` `(B, K + 1)` (last = flat, suggesting
-    zero), `suggestions` `(B, K, N)` in [-1, 1], `multiplier` `(B, N)` in [0, 1]."""
+def combine(
+    weights: np.ndarray,
+    suggestions: np.ndarray,
+    multiplier: np.ndarray,
+    max_leverage: np.ndarray | None = None,
+    leverage_cap: float = 1.0,
+) -> np.ndarray:
+    """The env action `m * fit(sum_j w_j a_j)`: `weights` `(B, K + 1)` (last = flat, suggesting
+    zero), `suggestions` `(B, K, N)` in [-1, 1], `multiplier` `(B, N)` in [0, 1].
+
+    With `max_leverage` `(B, N)` (the env's per-asset limits) the mixed book is first scaled as
+    the env's leverage limit would clamp it (`observation.leverage_fit`), so the multiplier cuts
+    the book the env would hold: applied to an over-limit book, the env's clamp absorbed it (a
+    book of 1 per asset at a 2x over limit was the same at m = 0.5 as at m = 1)."""
     a = np.clip(suggestions, -1.0, 1.0)
     mixed = np.einsum("bk,bkn->bn", weights[:, :-1], a)
+    if max_leverage is not None:
+        mixed = leverage_fit(mixed, max_leverage, leverage_cap)
     return np.clip(np.clip(multiplier, 0.0, 1.0) * mixed, -1.0, 1.0)
 
 
@@ -310,6 +329,10 @@ class MetaCore:
         self.asset_idx = np.array(
             [index[f"{s}:{f}"] for f in ASSET_FIELDS for s in market.symbols], dtype=np.int64
         )
+        self.max_leverage_idx = np.array(
+            [index[f"{s}:max_leverage"] for s in market.symbols], dtype=np.int64
+        )
+        self.leverage_cap = float(base.config.leverage_cap)
         self.unit_bp = carry_unit_bp(market)
         self._unit_cum = np.vstack([np.zeros((1, market.n_symbols)), np.cumsum(self.unit_bp, 0)])
         decision_days = float(market.bar_seconds) * spec.decision_bars / 86_400.0
@@ -321,6 +344,10 @@ class MetaCore:
         self.obs_dim = k * (n + 2) + n + self.n_options + len(GLOBAL_FIELDS) + len(ASSET_FIELDS) * n
         self.suggestions = np.zeros((b, k, n))
         self.multiplier = np.ones((b, n))
+        self.max_leverage = np.full((b, n), np.inf)
+        """The env's per-asset leverage limits at the last `observe` (or `between`)."""
+        self.applied = np.ones((b, n))
+        """The multiplier the held book was sized with (at its decision or its last risk cut)."""
         self.weights = np.full((b, k + 1), 1.0 / (k + 1))
         self._states: list[Any] = [None] * (k + 1)
         self._starts = np.ones(b, dtype=bool)
@@ -359,6 +386,7 @@ class MetaCore:
             self._states[-1] = out.state
             self.multiplier = np.asarray(out.output, dtype=np.float64)
         self._starts = np.zeros_like(self._starts)
+        self.max_leverage = raw[:, self.max_leverage_idx].astype(np.float64)
         sharpe = np.clip(self._mean / np.sqrt(self._var + 1e-6), -SHARPE_CLIP, SHARPE_CLIP)
         experts = np.concatenate(
             [self.suggestions, self._mean[..., None], sharpe[..., None]], axis=2
@@ -372,16 +400,43 @@ class MetaCore:
         """Gate the current suggestions with the meta actions; the env action `(B, N)`."""
         logits = self.spec.logit_scale * np.clip(np.asarray(meta_actions, np.float64), -1, 1)
         self.weights = gate(logits, self.spec.gating)
-        return combine(self.weights, self.suggestions, self.multiplier)
+        self.applied = self.multiplier.copy()
+        return self._combine()
+
+    def _combine(self) -> np.ndarray:
+        return combine(self.weights, self.suggestions, self.multiplier, self.max_leverage,
+                       self.leverage_cap)  # fmt: skip
+
+    def between(self, raw: np.ndarray, bars: np.ndarray) -> np.ndarray:
+        """The env action `(B, N)` on a bar between decisions: the risk overlay.
+
+        The anomaly expert reads env observations `raw` at `bars`; where its multiplier fell below
+        `1 - band_cut` (its spec's `band_cut`) of the one the held book was sized with, the book is
+        cut to the last decision's gating and suggestions times the new multiplier (a cut to 0
+        closes it); elsewhere, and without an anomaly expert, the book is held (NaN). A rising
+        multiplier waits for the next decision: cut fast, re-enter slowly."""
+        hold = np.full(self.applied.shape, np.nan)
+        if self.anomaly is None or self.anomaly_builder is None:
+            return hold
+        obs = self.anomaly_builder.build(raw, bars)
+        out = self.anomaly.act(obs, self._states[-1], self._starts)
+        self._states[-1] = out.state
+        self.multiplier = np.asarray(out.output, dtype=np.float64)
+        cut = self.multiplier < (1.0 - self.anomaly.spec.band_cut) * self.applied
+        if not cut.any():
+            return hold
+        self.applied = np.where(cut, self.multiplier, self.applied)
+        self.max_leverage = raw[:, self.max_leverage_idx].astype(np.float64)
+        return np.where(cut, self._combine(), np.nan)
 
     def get_state(self) -> dict[str, Any]:
         """Everything `observe`, `actions` and `feedback` carry between bars: the experts'
         recurrent states, the episode-start flags, the running reward statistics, the usage and
-        the last suggestions, multiplier and weights (copies)."""
+        the last suggestions, multiplier (read and applied) and weights (copies)."""
         arrays = {
             "suggestions": self.suggestions, "multiplier": self.multiplier,
-            "weights": self.weights, "starts": self._starts, "mean": self._mean,
-            "var": self._var, "usage": self.usage,
+            "applied": self.applied, "weights": self.weights, "starts": self._starts,
+            "mean": self._mean, "var": self._var, "usage": self.usage,
         }  # fmt: skip
         return {**{k: v.copy() for k, v in arrays.items()}, "states": list(self._states)}
 
@@ -401,10 +456,12 @@ class MetaCore:
                 f"meta-controller state holds {len(state['states'])} expert states, this core "
                 f"gates {len(self._states) - 1} experts and the anomaly slot"
             )
+        # A state saved before the risk overlay had no applied multiplier: the one it read.
+        state = {**state, "applied": state.get("applied", state["multiplier"])}
         current = {"suggestions": self.suggestions, "multiplier": self.multiplier,
-                   "weights": self.weights, "starts": self._starts, "mean": self._mean,
-                   "var": self._var, "usage": self.usage}  # fmt: skip
-        for n in names:
+                   "applied": self.applied, "weights": self.weights, "starts": self._starts,
+                   "mean": self._mean, "var": self._var, "usage": self.usage}  # fmt: skip
+        for n in current:
             if np.shape(state[n]) != current[n].shape:
                 raise ValueError(
                     f"meta-controller state {n!r} has shape {np.shape(state[n])}, this core "
@@ -412,6 +469,7 @@ class MetaCore:
                 )
         self.suggestions = np.array(state["suggestions"], dtype=np.float64)
         self.multiplier = np.array(state["multiplier"], dtype=np.float64)
+        self.applied = np.array(state["applied"], dtype=np.float64)
         self.weights = np.array(state["weights"], dtype=np.float64)
         self._starts = np.array(state["starts"], dtype=bool)
         self._mean = np.array(state["mean"], dtype=np.float64)
@@ -505,14 +563,17 @@ def make_meta_env(
     anomaly: ExpertPolicy | None = None,
 ) -> MetaVecEnv:
     """`MetaVecEnv` over `SB3VecEnv(CarryTradeVectorEnv(market, config, n_envs))`, through a
-    `cadence.DecisionVecEnv` of `spec.decision_bars` when that is above 1."""
+    `cadence.DecisionVecEnv` of `spec.decision_bars` when that is above 1 (its bars between
+    decisions take `MetaCore.between`, the anomaly expert's risk overlay, when there is one)."""
     from carry_env.vector import CarryTradeVectorEnv, SB3VecEnv
 
     base = CarryTradeVectorEnv(market, config, n_envs)
+    core = MetaCore(base, windows, experts, spec, anomaly)
     venv: VecEnv = SB3VecEnv(base)
     if spec.decision_bars > 1:
-        venv = DecisionVecEnv(venv, spec.decision_bars)
-    return MetaVecEnv(venv, MetaCore(base, windows, experts, spec, anomaly))
+        between = core.between if anomaly is not None else None
+        venv = DecisionVecEnv(venv, spec.decision_bars, between=between)
+    return MetaVecEnv(venv, core)
 
 
 @dataclass(frozen=True)
@@ -537,8 +598,9 @@ def meta_rollout(
     seed: int = 0,
 ) -> MetaRollout:
     """One episode on bars `start..end` (one env) where `actor(meta_obs) -> (1, K + 1)` gates the
-    experts on the decision bars of a `cadence.DecisionClock` (the book is held on the others);
-    totals as `rollout.rollout` reports them, mean weights over bars."""
+    experts on the decision bars of a `cadence.DecisionClock` (on the others the book is held,
+    but for the anomaly expert's cuts, `MetaCore.between`); totals as `rollout.rollout` reports
+    them, mean weights over bars."""
     from carry_env.vector import CarryTradeVectorEnv
 
     base = CarryTradeVectorEnv(market, _fixed_span(config), 1)
@@ -549,7 +611,6 @@ def meta_rollout(
     equity, liquidations, steps = [float(config.initial_cash)], 0, 0
     used = np.zeros(core.n_options)
     clock = DecisionClock(spec.decision_bars, market.bar_seconds)
-    hold = hold_action(1, market.n_symbols, False)
     decided: np.ndarray | None = None
     while True:
         bars = current_bars(base)
@@ -559,7 +620,7 @@ def meta_rollout(
             action = core.actions(actor(core.observe(raw, bars)))
             decided = bars
         else:
-            action = hold
+            action = core.between(raw, bars)
         used += core.weights[0]
         raw, rew, term, trunc, infos = base.step(action)
         done = bool(term[0] or trunc[0])

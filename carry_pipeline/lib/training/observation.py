@@ -401,6 +401,16 @@ def exposure_multiplier(actions: np.ndarray) -> np.ndarray:
     return (np.clip(np.asarray(actions, dtype=np.float64), -1.0, 1.0) + 1.0) / 2.0
 
 
+def leverage_fit(weights: np.ndarray, max_leverage: np.ndarray, leverage_cap: float) -> np.ndarray:
+    """`(B, N)` weights scaled down together as the env's leverage limit would clamp them:
+    `w * min(1, 1 / sum_j |w_j| * leverage_cap / max_leverage_j)` per row."""
+    w = np.asarray(weights, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero limit: nothing may be held
+        per = np.where(w != 0.0, np.abs(w) * leverage_cap / max_leverage, 0.0)
+        used = np.sum(per, axis=1, keepdims=True)
+        return w * np.minimum(1.0, 1.0 / np.where(used > 0.0, used, 1.0))
+
+
 @dataclass(frozen=True)
 class ExposureBand:
     """When an exposure expert's book `m * reference_carry` re-trades: cut fast, add slowly.
@@ -449,9 +459,7 @@ class ExposureBand:
         def entry(field_name: str) -> np.ndarray:
             return env_obs[:, [index[f"{s}:{field_name}"] for s in symbols]]
 
-        target = np.asarray(targets, dtype=np.float64)
-        used = np.sum(np.abs(target) * leverage_cap / entry("max_leverage"), axis=1, keepdims=True)
-        target = target * np.minimum(1.0, 1.0 / np.where(used > 0.0, used, 1.0))
+        target = leverage_fit(targets, entry("max_leverage"), leverage_cap)
         held = 2.0 * entry("spot_exposure") / leverage_cap
         held_side = np.where(np.abs(held) < 1e-9, 0.0, np.sign(held))
         changes_side = np.sign(target) != held_side

@@ -258,9 +258,11 @@ def _live_champion_run(
         decisions = con.execute("select bar, obs_digest, gating_weights <> 'null' from "
                                 "paper.decisions where session_id = ? order by bar",
                                 [session]).fetchall()  # fmt: skip
+    # A decision bar asks every expert, a held bar the anomaly expert alone (the risk overlay).
     n_experts = len({name for name, _, _ in seen})
     decided = sum(d for _, _, d in decisions)
-    return clock, decisions, list(seen[: decided * n_experts])  # then the tracking backtest
+    asked = decided * n_experts + (len(decisions) - decided)
+    return clock, decisions, list(seen[:asked])  # then the tracking backtest
 
 
 @pytest.mark.slow
@@ -333,15 +335,18 @@ def test_champion_on_the_ccxt_feed_sees_the_pipelines_observations(
         digests, env_obs = _replayed(database, "live", market, first)
         assert [d for _, d, _ in decisions] == digests  # the env part, bit for bit
         names = CarryTradeEnv(market, EnvConfig()).observation_names
-        per_bar = len(observed) // len(decided)
-        assert per_bar == 4  # three gated experts and the anomaly expert
-        for i, bar in enumerate(decided):
-            for name, spec, obs in observed[i * per_bar : (i + 1) * per_bar]:
-                builder = ObservationBuilder(windows, spec, market.ts, names, market.symbols)
-                want = builder.build(env_obs[bar - first][None, :], np.array([bar]))
-                assert float(want["global"][0, -2]) == 1.0  # a complete window at every bar
-                for part in ("window", "asset", "global"):
-                    np.testing.assert_array_equal(obs[part], want[part], err_msg=f"{name} {part}")
+        # A decision bar asks the three gated experts and the anomaly expert; a held bar asks
+        # the anomaly expert alone (the risk overlay reads it every bar).
+        asked = [(b, 4 if b in decided else 1) for b, _, _ in decisions]
+        assert len(observed) == sum(n for _, n in asked) == 4 * 2 + 2
+        at = [b for b, n in asked for _ in range(n)]
+        for bar, (name, spec, obs) in zip(at, observed, strict=True):
+            assert bar in decided or name == "anomaly"
+            builder = ObservationBuilder(windows, spec, market.ts, names, market.symbols)
+            want = builder.build(env_obs[bar - first][None, :], np.array([bar]))
+            assert float(want["global"][0, -2]) == 1.0  # a complete window at every bar
+            for part in ("window", "asset", "global"):
+                np.testing.assert_array_equal(obs[part], want[part], err_msg=f"{name} {part}")
         with duckdb.connect(str(database), read_only=True) as con:
             alerts = con.execute("select bar from paper.alerts where session_id = 'live' "
                                  "and kind = 'sentiment_stale'").fetchall()  # fmt: skip
@@ -352,13 +357,14 @@ def test_champion_on_the_ccxt_feed_sees_the_pipelines_observations(
         _perturb_kline(stub, "BTC", cut + HOUR, 1.03)
         _, moved_decisions, moved = _live_champion_run(stub, database, tmp_path, "moved", seen)
         assert [b for b, _, _ in moved_decisions] == [b for b, _, _ in decisions]
-        for i, bar in enumerate(decided):
-            group = range(i * per_bar, (i + 1) * per_bar)
+        assert len(moved) == len(observed)
+        for bar in sorted(set(at)):
+            group = [j for j, b in enumerate(at) if b == bar]
             if bar < first + 2:
                 for j in group:
                     for part in ("window", "asset", "global"):
                         np.testing.assert_array_equal(moved[j][2][part], observed[j][2][part])
-            else:  # from the third bar on, the windows hold the moved close
+            else:  # from the third bar on (decided or held), the windows hold the moved close
                 assert any(
                     not np.array_equal(moved[j][2]["window"], observed[j][2]["window"])
                     for j in group

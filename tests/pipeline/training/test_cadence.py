@@ -14,8 +14,10 @@ from carry_pipeline.lib.training.meta import MetaCore, MetaSpec
 from carry_pipeline.lib.training.observation import (
     ObservationSpec,
     current_bars,
+    leverage_fit,
     make_expert_env,
 )
+from carry_pipeline.lib.training.policy import ExpertPolicy, PolicyOutput
 from carry_pipeline.lib.training.specs import expert_spec
 
 from .conftest import carry_frame, fold_inputs
@@ -175,21 +177,33 @@ def test_the_expert_env_builds_the_terminal_window_at_the_episode_end_bar(market
     assert not np.array_equal(env.builder.rows[bar], env.builder.rows[start + 9])
 
 
+class Fixed(ExpertPolicy):
+    """A weights expert that always suggests `value` on both assets."""
+
+    def __init__(self, value: float) -> None:
+        self.spec = expert_spec("short_term", decision_bars=4, episode_length=64)
+        self.value, self.recurrent = value, False
+
+    def act(self, obs, state=None, episode_start=None, action_masks=None, deterministic=True):  # noqa: ANN001, ANN201
+        a = np.full((obs["asset"].shape[0], 2), self.value)
+        return PolicyOutput(action=a, output=a, state=None)
+
+
+class Scripted(ExpertPolicy):
+    """An anomaly expert whose multiplier is the next value of `script` at each call."""
+
+    def __init__(self, script: list[float]) -> None:
+        self.spec = expert_spec("anomaly")
+        self.script, self.recurrent, self.calls = list(script), False, 0
+
+    def act(self, obs, state=None, episode_start=None, action_masks=None, deterministic=True):  # noqa: ANN001, ANN201
+        m = np.full((obs["asset"].shape[0], 2), self.script[self.calls])
+        self.calls += 1
+        return PolicyOutput(action=2 * m - 1, output=m, state=None)
+
+
 def test_the_meta_feedback_sums_what_each_suggestion_earned_over_the_decision(market) -> None:
     from carry_pipeline.lib.training.meta import carry_unit_bp
-    from carry_pipeline.lib.training.policy import ExpertPolicy
-
-    class Fixed(ExpertPolicy):
-        def __init__(self, value: float) -> None:
-            self.spec = expert_spec("short_term", decision_bars=4, episode_length=64)
-            self.value, self.recurrent = value, False
-
-        def act(self, obs, state=None, episode_start=None, action_masks=None, deterministic=True):  # noqa: ANN001, ANN201
-            from carry_pipeline.lib.training.policy import PolicyOutput
-
-            n = obs["asset"].shape[0]
-            a = np.full((n, 2), self.value)
-            return PolicyOutput(action=a, output=a, state=None)
 
     m = market.train_market
     base = CarryTradeVectorEnv(m, EnvConfig(anomalies=False), 1)
@@ -203,3 +217,73 @@ def test_the_meta_feedback_sums_what_each_suggestion_earned_over_the_decision(ma
     unit = carry_unit_bp(m)[bars[0] : bars[0] + 4].sum(axis=0).mean()
     # With a half-life of ~0 the running reward is the last decision's: its 4 bars' earnings.
     np.testing.assert_allclose(core._mean[0], [unit, -0.5 * unit], rtol=1e-9)
+
+
+def _overlay_env(market, script: list[float] | None):  # noqa: ANN001, ANN202
+    # One env, a meta-controller deciding every 4 bars over one expert suggesting full long carry,
+    # top-1 on it; the anomaly expert (if any) reads `script`, one value per bar.
+    base = CarryTradeVectorEnv(
+        market.train_market, EnvConfig(random_start=False, episode_length=40, anomalies=False), 1
+    )
+    anomaly = Scripted(script) if script is not None else None
+    spec = MetaSpec(decision_bars=4, gating="top1")
+    core = MetaCore(base, market.train_windows, {"long": Fixed(1.0)}, spec, anomaly)
+    sent: list[np.ndarray] = []
+
+    def between(raw: np.ndarray, bars: np.ndarray) -> np.ndarray:
+        sent.append(core.between(raw, bars))
+        return sent[-1]
+
+    dec = DecisionVecEnv(SB3VecEnv(base), 4, between=between)
+    raw = dec.reset()
+    core.reset_envs(np.ones(1, bool))
+    core.observe(raw, current_bars(base))
+    return dec, base, core, sent
+
+
+def _spot(base: CarryTradeVectorEnv, raw: np.ndarray) -> np.ndarray:
+    names = base.observation_names
+    return raw[0, [names.index(f"{s}:spot_exposure") for s in base.market.symbols]]
+
+
+def test_the_anomaly_cuts_the_meta_book_between_decisions_and_waits_to_add(market) -> None:
+    # Decided at multiplier 1; then 0.95 (a 5 % cut: under the 10 % band, held), 0.5 (cut at
+    # once to half the book), 0.8 (a rise: waits for the next decision).
+    dec, base, core, sent = _overlay_env(market, [1.0, 0.95, 0.5, 0.8])
+    first = core.actions(np.array([[1.0, -1.0]]))
+    # 1 per asset is twice what the leverage limit allows: the decided book is the fitted one.
+    fitted = leverage_fit(np.ones((1, 2)), core.max_leverage, core.leverage_cap)
+    assert (fitted < 0.75).all()
+    np.testing.assert_allclose(first, fitted)
+    raw, _, _, _ = dec.step(first)
+    assert len(sent) == 3
+    assert np.isnan(sent[0]).all()  # 0.95: held
+    # 0.5: the decided book times 0.5 (the limits moved a little since the decision)
+    np.testing.assert_allclose(sent[1], 0.5 * fitted, rtol=0.02)
+    assert np.isnan(sent[2]).all()  # 0.8 > 0.5: held until the next decision
+    np.testing.assert_allclose(core.applied, [[0.5, 0.5]])
+    # The env holds half the book it bought: step the same decision without the overlay.
+    plain, pbase, pcore, _ = _overlay_env(market, None)
+    full = plain.step(pcore.actions(np.array([[1.0, -1.0]])))[0]
+    np.testing.assert_allclose(_spot(base, raw), 0.5 * _spot(pbase, full), rtol=0.05)
+
+
+def test_without_an_anomaly_expert_the_meta_book_holds_between_decisions(market) -> None:
+    dec, _, core, sent = _overlay_env(market, None)
+    dec.step(core.actions(np.array([[1.0, -1.0]])))
+    assert len(sent) == 3 and all(np.isnan(a).all() for a in sent)
+
+
+def test_the_applied_multiplier_is_part_of_the_meta_state(market) -> None:
+    dec, _, core, _ = _overlay_env(market, [1.0, 0.5])
+    core.actions(np.array([[1.0, -1.0]]))
+    core.between(dec.reset(), current_bars(core.base))
+    state = core.get_state()
+    np.testing.assert_allclose(state["applied"], [[0.5, 0.5]])
+    _, _, other, _ = _overlay_env(market, [1.0])
+    other.set_state(state)
+    np.testing.assert_allclose(other.applied, [[0.5, 0.5]])
+    # A state saved before the overlay existed: the applied multiplier is the one it read.
+    old = {k: v for k, v in state.items() if k != "applied"}
+    other.set_state(old)
+    np.testing.assert_allclose(other.applied, state["multiplier"])

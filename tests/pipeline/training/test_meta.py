@@ -68,6 +68,19 @@ def test_combined_action_flat_zero_multiplier_scales_and_stays_in_bounds() -> No
     assert (np.abs(out) <= 1.0).all()
 
 
+def test_the_multiplier_cuts_the_book_the_env_would_hold() -> None:
+    # Two experts both suggesting 1 per asset, at limits that allow half of it (cap 2, max
+    # leverage 2 per asset: 1 + 1 = 2x the budget). Unfitted, m = 0.5 gives the book the env's
+    # clamp makes of m = 1 anyway; fitted first, it halves the held book.
+    a = np.ones((1, 2, 2))
+    w = np.array([[0.5, 0.5, 0.0]])
+    lev = np.full((1, 2), 2.0)
+    half, full = np.full((1, 2), 0.5), np.ones((1, 2))
+    np.testing.assert_allclose(combine(w, a, full, lev, 2.0), [[0.5, 0.5]])
+    np.testing.assert_allclose(combine(w, a, half, lev, 2.0), [[0.25, 0.25]])
+    np.testing.assert_allclose(combine(w, a, half), [[0.5, 0.5]])  # the clamp would absorb it
+
+
 def test_anti_collapse_terms() -> None:
     even = np.full((1, 4), 0.25)
     one = np.array([[0.0, 1.0, 0.0, 0.0]])

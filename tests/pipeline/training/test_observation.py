@@ -14,6 +14,7 @@ from carry_pipeline.lib.training.observation import (
     ObservationSpec,
     WindowSet,
     current_bars,
+    leverage_fit,
     make_expert_env,
     map_actions,
     reference_carry,
@@ -258,3 +259,10 @@ def test_a_wiggling_multiplier_does_not_re_trade_the_book(tmp_path) -> None:
     unbanded, banded = run(None), run(ExposureBand())
     assert unbanded - entry > 0.3 * entry  # the churn is real: re-trades cost a third of the entry
     assert banded - entry < 0.05 * (unbanded - entry)
+
+
+def test_leverage_fit_scales_a_row_together_and_a_zero_limit_holds_nothing() -> None:
+    w = np.array([[1.0, 1.0], [0.2, 0.0], [0.5, 0.0]])
+    lev = np.array([[2.0, 2.0], [2.0, 2.0], [0.0, 2.0]])
+    out = leverage_fit(w, lev, 2.0)  # row 0 uses 2x its budget; row 1 0.2x; row 2 a zero limit
+    np.testing.assert_allclose(out, [[0.5, 0.5], [0.2, 0.0], [0.0, 0.0]])
