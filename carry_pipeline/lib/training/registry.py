@@ -6,7 +6,7 @@
   config, curve and validation; the headline validation numbers as float columns).
 - `append_registry(connection, frame)`: appends rows to `models.registry` in one transaction;
   rows already there are never updated or deleted, so the table keeps every training's history.
-  A registry written before a column was added (`ADDED_COLUMNS`) gets it, null on its old rows.
+  A registry written before a column was added (`code_version`) gets it, null on its old rows.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 
 from carry_env.market import MarketData
+from carry_pipeline.lib.duckdb_io import insert_frame, transaction
 from carry_pipeline.lib.features.pipeline import build_market_frame
 from carry_pipeline.lib.training.observation import WindowSet
 from carry_pipeline.lib.training.train import FoldSpan, TrainingRecord, train_span_market
@@ -154,52 +155,13 @@ def registry_frame(records: Iterable[tuple[TrainingRecord, bool]], run_id: str) 
     return pl.DataFrame(rows, schema=REGISTRY_SCHEMA)
 
 
-ADDED_COLUMNS: dict[str, str] = {"code_version": "VARCHAR"}
-"""Columns added to `REGISTRY_SCHEMA` after registries were first written, with their DuckDB
-types: a registry without one gets it (null on its old rows) before the next append."""
-
-
-def add_missing_columns(connection: Any) -> list[str]:
-    """Add each `ADDED_COLUMNS` column `models.registry` lacks (null on every row already there,
-    every row kept); return the names added."""
-    schema, table = REGISTRY_TABLE.split(".")
-    have = {
-        r[0]
-        for r in connection.execute(
-            "select column_name from information_schema.columns "
-            "where table_schema = ? and table_name = ?",
-            [schema, table],
-        ).fetchall()
-    }
-    added = [name for name in ADDED_COLUMNS if name not in have]
-    for name in added:
-        connection.execute(
-            f"alter table {REGISTRY_TABLE} add column {name} {ADDED_COLUMNS[name]}"
-        ).fetchall()
-    return added
-
-
 def append_registry(connection: Any, frame: pl.DataFrame) -> int:
     """Append `frame` to `models.registry` (created on first use) in one transaction; return the
-    table's row count. Existing rows are never touched."""
+    table's row count. Existing rows are never touched; a column the table lacks (one added to
+    `REGISTRY_SCHEMA` since it was written, such as `code_version`) is added first, null on the
+    rows already there (`duckdb_io.insert_frame`)."""
     schema, table = REGISTRY_TABLE.split(".")
     connection.execute(f"create schema if not exists {schema}").fetchall()
-    connection.register("__registry_rows", frame.to_arrow())
-    try:
-        connection.execute("begin transaction").fetchall()
-        try:
-            connection.execute(
-                f"create table if not exists {REGISTRY_TABLE} as "
-                "select * from __registry_rows limit 0"
-            ).fetchall()
-            add_missing_columns(connection)
-            connection.execute(
-                f"insert into {REGISTRY_TABLE} by name select * from __registry_rows"
-            ).fetchall()
-            connection.execute("commit").fetchall()
-        except Exception:
-            connection.execute("rollback").fetchall()
-            raise
-        return int(connection.execute(f"select count(*) from {REGISTRY_TABLE}").fetchall()[0][0])
-    finally:
-        connection.unregister("__registry_rows")
+    with transaction(connection):
+        meta = insert_frame(connection, schema, table, frame)
+    return int(meta["table_row_count"])

@@ -13,7 +13,6 @@ import polars as pl
 import pytest
 
 from carry_pipeline.lib.training.registry import (
-    ADDED_COLUMNS,
     REGISTRY_SCHEMA,
     REGISTRY_TABLE,
     append_registry,
@@ -155,8 +154,8 @@ def test_a_row_from_before_code_versions_were_recorded_is_not_reused(tmp_path: P
 
 
 def _old_registry(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
-    """`models.registry` as written before the `ADDED_COLUMNS` existed."""
-    old = rows.drop(list(ADDED_COLUMNS))
+    """`models.registry` as written before the `code_version` column existed."""
+    old = rows.drop("code_version")
     con.execute("create schema models")
     con.register("old_rows", old.to_arrow())
     con.execute(f"create table {REGISTRY_TABLE} as select * from old_rows")
