@@ -268,6 +268,20 @@ def test_the_anomaly_cuts_the_meta_book_between_decisions_and_waits_to_add(marke
     np.testing.assert_allclose(_spot(base, raw), 0.5 * _spot(pbase, full), rtol=0.05)
 
 
+def test_each_decision_sizes_the_book_at_its_multiplier_and_the_band_follows_it(market) -> None:
+    # Decided at 1.0, cut to 0.5; the next decision reads 0.6 and sizes the book at it, so a
+    # dip to 0.56 (7 % below 0.6) holds and one to 0.5 (17 % below) cuts.
+    dec, _, core, sent = _overlay_env(market, [1.0, 1.0, 0.5, 1.0, 0.6, 0.56, 0.56, 0.5])
+    dec.step(core.actions(np.array([[1.0, -1.0]])))
+    np.testing.assert_allclose(core.applied, [[0.5, 0.5]])
+    core.observe(dec.venv.reset(), current_bars(core.base))  # the next decision reads 0.6
+    dec.step(core.actions(np.array([[1.0, -1.0]])))
+    np.testing.assert_allclose(core.multiplier, [[0.5, 0.5]])
+    assert np.isnan(sent[3]).all() and np.isnan(sent[4]).all()  # 0.56: held
+    assert np.isfinite(sent[5]).all()  # 0.5: cut
+    np.testing.assert_allclose(core.applied, [[0.5, 0.5]])
+
+
 def test_without_an_anomaly_expert_the_meta_book_holds_between_decisions(market) -> None:
     dec, _, core, sent = _overlay_env(market, None)
     dec.step(core.actions(np.array([[1.0, -1.0]])))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from carry_pipeline.lib.training.observation import ExposureBand
 from carry_pipeline.lib.training.specs import (
     EXPERT_SPECS,
     LONG_TERM_RECURRENT,
@@ -53,6 +54,8 @@ def test_json_round_trip(spec: ExpertSpec) -> None:
         ({"extractor": "cnn"}, r"extractor 'cnn' is not one of"),
         ({"algorithm": "MaskablePPO", "output": "exposure"}, r"needs a continuous algorithm"),
         ({"embed_dim": 30, "attention_heads": 4}, r"embed_dim=30 is not divisible"),
+        ({"band_cut": 1.0}, r"band_cut=1.0 must be in \[0, 1\)"),
+        ({"band_add": -0.1}, r"band_add=-0.1 must be in \[0, 1\)"),
     ],
 )
 def test_bad_values_fail_naming_expert_and_field(overrides: dict, message: str) -> None:
@@ -67,3 +70,9 @@ def test_unknown_expert_field_and_profile() -> None:
         expert_spec("anomaly", lr=1e-3)
     with pytest.raises(ValueError, match=r"expert 'anomaly': profile 'huge' is not one of"):
         expert_spec("anomaly").total_timesteps("huge")
+
+
+def test_an_exposure_expert_trades_through_its_band_and_a_weights_expert_has_none() -> None:
+    assert EXPERT_SPECS["anomaly"].band() == ExposureBand(cut=0.1, add=0.25)
+    assert expert_spec("anomaly", band_cut=0.3, band_add=0.0).band() == ExposureBand(0.3, 0.0)
+    assert all(EXPERT_SPECS[n].band() is None for n in ("short_term", "long_term", "sentiment"))
