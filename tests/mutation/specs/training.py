@@ -1,6 +1,6 @@
 """Curated mutations of the training stage's risk and reuse mechanics (the exposure band, the
-fitted multiplier, the meta-controller's risk overlay, the code version in the reuse key); each
-checked by hand to fail at least one of its tests."""
+fitted multiplier, the meta-controller's risk overlay, the code version in the reuse key) and of
+the expert observation's window gather; each checked by hand to fail at least one of its tests."""
 
 from __future__ import annotations
 
@@ -125,5 +125,21 @@ MUTATIONS: list[Mutation] = [
         new='        code_version="x",',
         tests=("tests/pipeline/test_rerun.py",),
         note="the key's code version never matches a registry row: nothing is ever reused",
+    ),
+    Mutation(
+        id="window-before-first-end-not-zeroed",
+        path=_OBS,
+        old="            win[~valid] = 0.0",
+        new="            pass",
+        tests=(_T_OBS,),
+        note="a bar before any window has ended sees the first stored rows instead of zeros",
+    ),
+    Mutation(
+        id="window-subset-read-from-every-feature",
+        path=_OBS,
+        old="if self.feature_idx.shape[0] == values.shape[2] and values.dtype == np.float32:",
+        new="if values.dtype == np.float32:",
+        tests=(_T_OBS,),
+        note="a spec reading some features is given every feature of the windows",
     ),
 ]

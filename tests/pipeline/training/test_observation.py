@@ -107,6 +107,26 @@ def test_history_stacks_consecutive_windows_thinned_by_the_stride() -> None:
     assert short["global"][0, -2] == 0 and not short["window"].any()  # row 3 - 4 < 0
 
 
+def test_a_batch_is_gathered_into_its_own_contiguous_float32_array() -> None:
+    # Hours 0-1 see no window (zeros); hour 9 sees rows 5-7 (its rows are hours 7, 8, 9). Every
+    # feature, then a subset (gathered from a copy of those features, not from the windows).
+    windows = _gappy_windows()
+    stored = windows.values.copy()
+    bars = np.array([0, 5, 1, 9])
+    for spec in (ObservationSpec(), ObservationSpec(window_features=("f_c", "f_a"))):
+        builder = _builder(windows, spec, bars)
+        obs = builder.build(np.zeros((4, len(builder.env_names)), np.float32), np.arange(4))
+        win = obs["window"]
+        assert win.dtype == np.float32 and win.flags.c_contiguous and win.flags.owndata
+        assert not np.shares_memory(win, windows.values)
+        assert not win[[0, 2]].any() and win[[1, 3]].all()
+        np.testing.assert_array_equal(
+            win[3], windows.values[5:8, :, builder.feature_idx].swapaxes(0, 1)
+        )
+        win[:] = -1.0  # the caller may write into it: the stored windows stay as they were
+        np.testing.assert_array_equal(windows.values, stored)
+
+
 def test_unknown_feature_prefix_fails_naming_the_fold() -> None:
     with pytest.raises(ValueError, match=r"fold -1: no window feature starts with \['f_sent_'\]"):
         _builder(_gappy_windows(), ObservationSpec(window_features=("f_sent_",)), np.arange(3))
