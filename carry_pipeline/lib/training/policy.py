@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -20,6 +20,10 @@ from gymnasium import spaces
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.distributions import DiagGaussianDistribution
+from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.utils import is_vectorized_observation
 
 from carry_env.config import EnvConfig
 from carry_pipeline.lib.training.observation import exposure_multiplier
@@ -68,14 +72,24 @@ def eval_predict(model: BaseAlgorithm, obs: Any, deterministic: bool = True) -> 
     `_predict` under `no_grad`, reshape, unscale or clip to the action space), except that the
     policy is switched to eval mode only when it is in training mode: SB3 switches every module on
     every call, about 0.4 ms of a 1.4 ms decision of the cross-asset extractor, which a backtest
-    or a paper session pays once per bar and expert.
+    or a paper session pays once per bar and expert. A deterministic action of a Gaussian
+    actor-critic policy (PPO's on a Box action space) over Box observations also skips SB3's deep
+    copy of the observation and the torch distribution whose mode is the action head's output
+    (`_gaussian_mean`); every other case takes SB3's `obs_to_tensor` and `_predict`.
     """
     policy = model.policy
     if policy.training:
         policy.set_training_mode(False)
-    obs_tensor, vectorized = policy.obs_to_tensor(obs)
+    fast = deterministic and _gaussian_mean_policy(policy)
+    fast_obs, vectorized = _box_obs_tensor(policy, obs) if fast else (None, False)
     with torch.no_grad():
-        actions = policy._predict(obs_tensor, deterministic=deterministic)
+        if fast_obs is not None and _gaussian_mean_policy(policy):
+            # What `_predict(obs, deterministic=True)` returns (the mode of a diagonal Gaussian
+            # is the mean it is built from), without building the torch distribution.
+            actions = _gaussian_mean(policy, fast_obs)
+        else:
+            obs_tensor, vectorized = policy.obs_to_tensor(obs)
+            actions = policy._predict(obs_tensor, deterministic=deterministic)
     shape = policy.action_space.shape
     if shape is None:
         raise TypeError(f"{type(policy.action_space).__name__} action space has no shape")
@@ -86,6 +100,52 @@ def eval_predict(model: BaseAlgorithm, obs: Any, deterministic: bool = True) -> 
         else:
             out = np.clip(out, policy.action_space.low, policy.action_space.high)
     return out if vectorized else out.squeeze(axis=0)
+
+
+def _gaussian_mean(policy: ActorCriticPolicy, obs: Any) -> torch.Tensor:
+    """`policy.get_distribution(obs).mode()`, computed as SB3 computes it (features of the actor's
+    extractor, the actor's latent, the action head), for a `_gaussian_mean_policy`."""
+    features = BaseModel.extract_features(policy, obs, policy.pi_features_extractor)  # type: ignore[arg-type]
+    return policy.action_net(policy.mlp_extractor.forward_actor(features))  # type: ignore[operator,union-attr]
+
+
+def _gaussian_mean_policy(policy: Any) -> TypeGuard[ActorCriticPolicy]:
+    """An actor-critic policy whose deterministic action is its action head's output: a plain
+    (unsquashed) diagonal Gaussian, as PPO's on a Box action space."""
+    return (
+        isinstance(policy, ActorCriticPolicy)
+        and type(policy.action_dist) is DiagGaussianDistribution
+        and not policy.squash_output
+    )
+
+
+def _box_tensor(value: Any, space: spaces.Box, device: torch.device) -> tuple[torch.Tensor, bool]:
+    # As SB3 batches one Box observation: its shape checked (a ValueError naming both shapes),
+    # then viewed as `(-1, *space.shape)`; the tensor shares the caller's array.
+    array = np.asarray(value)
+    vectorized = is_vectorized_observation(array, space)
+    return torch.as_tensor(array.reshape((-1, *space.shape)), device=device), vectorized
+
+
+def _box_obs_tensor(policy: Any, obs: Any) -> tuple[Any, bool]:
+    """`policy.obs_to_tensor(obs)` for an array, or a dict of arrays, over Box spaces without
+    images: the same tensors, without SB3's deep copy of the observation dict. `(None, False)`
+    for any other observation, which SB3's own path then takes."""
+    space = policy.observation_space
+    if isinstance(space, spaces.Dict) and isinstance(obs, dict):
+        boxes: dict[str, spaces.Box] = {}
+        for key, sub in space.spaces.items():
+            if not isinstance(sub, spaces.Box) or is_image_space(sub):
+                return None, False
+            boxes[key] = sub
+        if set(obs) != set(boxes):
+            return None, False
+        pairs = {key: _box_tensor(obs[key], box, policy.device) for key, box in boxes.items()}
+        tensors = {key: tensor for key, (tensor, _) in pairs.items()}
+        return tensors, any(vectorized for _, vectorized in pairs.values())
+    if isinstance(space, spaces.Box) and not is_image_space(space) and not isinstance(obs, dict):
+        return _box_tensor(obs, space, policy.device)
+    return None, False
 
 
 class ExpertPolicy:

@@ -208,6 +208,30 @@ def test_eval_predict_equals_sb3_predict(inputs, tmp_path) -> None:
     assert np.abs(eval_predict(model, batch)).max() <= 1.0  # clipped to the action space
 
 
+def test_eval_predict_equals_sb3_predict_on_a_flat_box_observation() -> None:
+    # The meta-controller's policy: an MLP over one (D,) array. Its deterministic fast path
+    # (no deep copy, no distribution) must give SB3's own actions, and a wrong shape the same
+    # error SB3 raises rather than a silent reshape.
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    space = gym.spaces.Box(-5.0, 5.0, (7,), np.float32)
+    actions = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+    class Flat(gym.Env):
+        observation_space, action_space = space, actions
+
+    model = PPO("MlpPolicy", Flat(), seed=0, device="cpu")
+    rng = np.random.default_rng(1)
+    batch = rng.normal(0.0, 3.0, (6, 7)).astype(np.float32)
+    for obs in (batch, batch[0], batch.astype(np.float64)):
+        np.testing.assert_array_equal(
+            eval_predict(model, obs), model.predict(obs, deterministic=True)[0]
+        )
+    with pytest.raises(ValueError, match="observation shape"):
+        eval_predict(model, rng.normal(size=(14,)).astype(np.float32))
+
+
 def test_pinned_threads_restores_the_count_even_when_the_block_fails() -> None:
     before = torch.get_num_threads()
     with pinned_threads(2):
