@@ -121,8 +121,11 @@ def _gaussian_mean_policy(policy: Any) -> TypeGuard[ActorCriticPolicy]:
 
 def _box_tensor(value: Any, space: spaces.Box, device: torch.device) -> tuple[torch.Tensor, bool]:
     # As SB3 batches one Box observation: its shape checked (a ValueError naming both shapes),
-    # then viewed as `(-1, *space.shape)`; the tensor shares the caller's array.
+    # then viewed as `(-1, *space.shape)`; the tensor shares the caller's array unless that is
+    # read-only (torch warns on those; SB3 copies every array).
     array = np.asarray(value)
+    if not array.flags.writeable:
+        array = array.copy()
     vectorized = is_vectorized_observation(array, space)
     return torch.as_tensor(array.reshape((-1, *space.shape)), device=device), vectorized
 

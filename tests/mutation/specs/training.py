@@ -1,6 +1,7 @@
 """Curated mutations of the training stage's risk and reuse mechanics (the exposure band, the
 fitted multiplier, the meta-controller's risk overlay, the code version in the reuse key) and of
-the expert observation's window gather; each checked by hand to fail at least one of its tests."""
+the expert observation's window gather and the inference fast path; each checked by hand
+to fail at least one of its tests."""
 
 from __future__ import annotations
 
@@ -141,5 +142,16 @@ MUTATIONS: list[Mutation] = [
         new="if values.dtype == np.float32:",
         tests=(_T_OBS,),
         note="a spec reading some features is given every feature of the windows",
+    ),
+    Mutation(
+        id="eval-predict-critic-latent",
+        path="carry_pipeline/lib/training/policy.py",
+        old="policy.mlp_extractor.forward_actor(features)",
+        new="policy.mlp_extractor.forward_critic(features)",
+        tests=(
+            _T + "test_train.py::test_eval_predict_equals_sb3_predict",
+            _T + "test_train.py::test_eval_predict_equals_sb3_predict_on_a_flat_box_observation",
+        ),
+        note="the inference fast path reads the value network's latent: not the policy's action",
     ),
 ]

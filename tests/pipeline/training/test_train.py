@@ -5,6 +5,7 @@ model as it was."""
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -224,10 +225,13 @@ def test_eval_predict_equals_sb3_predict_on_a_flat_box_observation() -> None:
     model = PPO("MlpPolicy", Flat(), seed=0, device="cpu")
     rng = np.random.default_rng(1)
     batch = rng.normal(0.0, 3.0, (6, 7)).astype(np.float32)
-    for obs in (batch, batch[0], batch.astype(np.float64)):
-        np.testing.assert_array_equal(
-            eval_predict(model, obs), model.predict(obs, deterministic=True)[0]
-        )
+    frozen = batch.copy()
+    frozen.flags.writeable = False  # as the env's read-only outputs: copied, no torch warning
+    for obs in (batch, batch[0], batch.astype(np.float64), frozen):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            fast = eval_predict(model, obs)
+        np.testing.assert_array_equal(fast, model.predict(obs, deterministic=True)[0])
     with pytest.raises(ValueError, match="observation shape"):
         eval_predict(model, rng.normal(size=(14,)).astype(np.float32))
 
