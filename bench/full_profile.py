@@ -61,6 +61,18 @@ def read_tables(path: Path) -> dict[str, pl.DataFrame]:
         return {arg: con.sql(f"select * from {table}").pl() for arg, table in TABLES.items()}
 
 
+def demo_folds(path: Path) -> tuple[dict[str, pl.DataFrame], list[FoldData]]:
+    """The stage tables of `make run`'s DuckDB file at `path` and every fold's training inputs
+    (the walk-forward folds and the latest window); exits saying so when the file is missing."""
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: run `make run` first")
+    inputs = read_tables(path)
+    market = market_data(
+        inputs["market_bars"], inputs["carry_features"], inputs["sentiment_windows"]
+    )
+    return inputs, fold_inputs(market, inputs["walk_forward_folds"], inputs["training_windows"])
+
+
 def timed(train: Callable[[int], TrainingRecord], steps: int) -> tuple[TrainingRecord, float]:
     """(record, wall seconds of the whole call) of `train(steps)`."""
     t0 = time.perf_counter()
@@ -74,6 +86,11 @@ def measure(
     """Marginal fps and fixed cost of `train` from a `small` and a `large` training."""
     rec_s, call_s = timed(train, small)
     rec_l, call_l = timed(train, large)
+    if rec_l.timesteps <= rec_s.timesteps:
+        raise SystemExit(
+            f"{name}: --large {large} trained {rec_l.timesteps} steps, no more than --small "
+            f"{small} ({rec_s.timesteps}; PPO rounds up to whole rollouts): raise --large"
+        )
     fps = (rec_l.timesteps - rec_s.timesteps) / max(rec_l.wall_seconds - rec_s.wall_seconds, 1e-9)
     fixed = call_l - rec_l.wall_seconds
     print(
@@ -93,14 +110,8 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=2_048)
     parser.add_argument("--large", type=int, default=34_816)
     args = parser.parse_args()
-    if not args.duckdb.exists():
-        raise SystemExit(f"{args.duckdb} does not exist: run `make run` first")
     torch.set_num_threads(1)
-    inputs = read_tables(args.duckdb)
-    market = market_data(
-        inputs["market_bars"], inputs["carry_features"], inputs["sentiment_windows"]
-    )
-    folds = fold_inputs(market, inputs["walk_forward_folds"], inputs["training_windows"])
+    inputs, folds = demo_folds(args.duckdb)
     data: FoldData = next(f for f in folds if f.fold.fold == args.fold)
     stats = inputs["normalisation_stats"]
     root = Path(tempfile.mkdtemp(prefix="carry-full-profile-"))

@@ -32,13 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from full_profile import read_tables  # noqa: E402
+from full_profile import demo_folds  # noqa: E402
 
 from carry_env.config import EnvConfig  # noqa: E402
 from carry_env.vector import CarryTradeVectorEnv  # noqa: E402
 from carry_pipeline.lib.training.observation import ObservationBuilder  # noqa: E402
 from carry_pipeline.lib.training.policy import eval_predict, load_expert  # noqa: E402
-from carry_pipeline.lib.training.registry import fold_inputs, market_data  # noqa: E402
 from carry_pipeline.lib.training.specs import EXPERT_SPECS  # noqa: E402
 from carry_pipeline.lib.training.train import train_expert  # noqa: E402
 
@@ -75,14 +74,8 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
-    if not args.duckdb.exists():
-        raise SystemExit(f"{args.duckdb} does not exist: run `make run` first")
     torch.set_num_threads(1)
-    inputs = read_tables(args.duckdb)
-    market = market_data(
-        inputs["market_bars"], inputs["carry_features"], inputs["sentiment_windows"]
-    )
-    folds = fold_inputs(market, inputs["walk_forward_folds"], inputs["training_windows"])
+    inputs, folds = demo_folds(args.duckdb)
     data = next(f for f in folds if f.fold.fold == args.fold)
     env = CarryTradeVectorEnv(data.market, EnvConfig(), args.batch)
     env_obs, _ = env.reset(seed=0)
