@@ -80,14 +80,15 @@ def eval_predict(model: BaseAlgorithm, obs: Any, deterministic: bool = True) -> 
     policy = model.policy
     if policy.training:
         policy.set_training_mode(False)
-    fast = deterministic and _gaussian_mean_policy(policy)
-    fast_obs, vectorized = _box_obs_tensor(policy, obs) if fast else (None, False)
+    fast_obs = None
     with torch.no_grad():
-        if fast_obs is not None and _gaussian_mean_policy(policy):
-            # What `_predict(obs, deterministic=True)` returns (the mode of a diagonal Gaussian
-            # is the mean it is built from), without building the torch distribution.
-            actions = _gaussian_mean(policy, fast_obs)
-        else:
+        if deterministic and _gaussian_mean_policy(policy):
+            fast_obs, vectorized = _box_obs_tensor(policy, obs)
+            if fast_obs is not None:
+                # What `_predict(obs, deterministic=True)` returns (the mode of a diagonal
+                # Gaussian is the mean it is built from), without building the distribution.
+                actions = _gaussian_mean(policy, fast_obs)
+        if fast_obs is None:
             obs_tensor, vectorized = policy.obs_to_tensor(obs)
             actions = policy._predict(obs_tensor, deterministic=deterministic)
     shape = policy.action_space.shape
